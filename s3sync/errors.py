@@ -1,0 +1,115 @@
+"""The one exception hierarchy of s3sync.
+
+Every error the library raises on purpose is an :class:`S3SyncError`; each class
+knows the exit code the command line maps it to (``1``: an item failed,
+``2``: usage or configuration error)::
+
+    S3SyncError                      exit 1
+    ├── ConfigurationError           exit 2   a setting is missing or invalid
+    ├── InvalidNameError             exit 1   a file name breaks the naming convention (also ValueError)
+    ├── UnsafeKeyError               exit 1   a bucket key cannot be a safe local path (also ValueError)
+    ├── NotFoundError                exit 1   an object or prefix is not in the bucket
+    ├── EndpointError                exit 1   the S3 endpoint cannot be reached or refuses us
+    ├── TransferError                exit 1   an upload or download failed
+    │   ├── UploadError
+    │   ├── DownloadError
+    │   └── IntegrityError                    bytes on one side differ from the other
+    ├── LocalFileError               exit 1   a local file vanished, is unreadable, or cannot be written
+    └── StateError                   exit 1   the state database is unusable
+
+Messages are single readable lines and never contain a secret: errors coming
+from botocore are translated inside :mod:`s3sync.transport` only, with the
+original kept as ``__cause__`` for ``--debug``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DownloadError",
+    "EndpointError",
+    "IntegrityError",
+    "InvalidNameError",
+    "LocalFileError",
+    "NotFoundError",
+    "S3SyncError",
+    "StateError",
+    "TransferError",
+    "UnsafeKeyError",
+    "UploadError",
+]
+
+
+class S3SyncError(Exception):
+    """Base of every error s3sync raises on purpose."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, **context: object) -> None:
+        super().__init__(message)
+        self.message = message
+        #: Structured context (``key``, ``bucket``, ``path``...) for log events.
+        self.context = context
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigurationError(S3SyncError):
+    """A setting is missing or invalid; the message names the setting."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message, setting=setting)
+        self.setting = setting
+
+
+class InvalidNameError(S3SyncError, ValueError):
+    """A name does not follow ``<code><serial>_<rest><size>.<ext>``; ``reason`` says why."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"invalid resource name {name!r}: {reason}", name=name, reason=reason)
+        self.name = name
+        self.reason = reason
+
+
+class UnsafeKeyError(S3SyncError, ValueError):
+    """A bucket key would escape the local folder or is not a valid local path."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"unsafe key {key!r}: {reason}", key=key, reason=reason)
+        self.key = key
+        self.reason = reason
+
+
+class NotFoundError(S3SyncError):
+    """An object or prefix does not exist in the bucket."""
+
+
+class EndpointError(S3SyncError):
+    """The endpoint cannot be reached, times out, or rejects our credentials."""
+
+
+class TransferError(S3SyncError):
+    """An upload or download did not complete."""
+
+
+class UploadError(TransferError):
+    """An upload did not complete."""
+
+
+class DownloadError(TransferError):
+    """A download did not complete."""
+
+
+class IntegrityError(TransferError):
+    """The bytes received or stored differ from the bytes sent (size or hash mismatch)."""
+
+
+class LocalFileError(S3SyncError):
+    """A local file vanished, is unreadable, or the target cannot be written."""
+
+
+class StateError(S3SyncError):
+    """The state database cannot be opened or is corrupt."""

@@ -1,0 +1,347 @@
+"""Settings: the ``S3_*`` names of the original django_s3 app, read by pydantic-settings.
+
+Settings are built once, by the command line, the service or the Django app, and
+passed down explicitly; no other module reads the environment.
+
+Sources, strongest first: keyword arguments, the environment, the ``.env`` file,
+the secrets folder (systemd's ``$CREDENTIALS_DIRECTORY``, one file per setting,
+e.g. ``S3_AWS_SECRET_ACCESS_KEY``), then the defaults below.
+
+>>> s = Settings(_env_file=None, bucket_name="pictures")
+>>> s.category_map["CF"]
+'CLIPPING-FLOWER'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import string
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from s3sync.errors import ConfigurationError
+
+__all__ = ["DEFAULT_CATEGORY_MAP", "ENV_PREFIX", "KEY_TEMPLATE_FIELDS", "Settings", "load_settings"]
+
+ENV_PREFIX = "S3_"
+
+DEFAULT_CATEGORY_MAP: Mapping[str, str] = {
+    "B": "BACKGROUND",
+    "F": "VASE",
+    "CF": "CLIPPING-FLOWER",
+    "WF": "WRAPPING-FLOWER",
+    "CR": "CATALOGUE-PRODUCT",
+    "PP": "PERSONALIZED-PRODUCT",
+    "CM": "COMPOSITION",
+}
+DEFAULT_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "gif", "svg", "webp", "tif", "tiff", "bmp"})
+
+#: The fields a ``S3_KEY_TEMPLATE`` may use.
+KEY_TEMPLATE_FIELDS = frozenset({"category", "code", "serial", "folder", "rest", "name", "extension", "stem"})
+
+_CODE_RE = re.compile(r"[A-Z]{1,4}")
+_CATEGORY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_EXTENSION_RE = re.compile(r"[a-z0-9]{3,4}")
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_MIB = 1024 * 1024
+
+
+def _default_root() -> Path:
+    return Path(tempfile.gettempdir()) / "s3sync"
+
+
+def _split_words(value: object) -> object:
+    """Accept ``"jpg png"``, ``"jpg,png"``, a JSON list, or any iterable."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError("not a valid JSON list") from exc
+        return [w for w in re.split(r"[\s,]+", text) if w]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting of s3sync; the environment name is ``S3_`` + the field name in upper case."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,  # validation errors must never echo a secret back
+        validate_default=True,
+    )
+
+    # --- the original django_s3 names -------------------------------------------------------
+    bucket_name: str | None = Field(None, description="Bucket to sync with.")
+    aws_access_key_id: SecretStr | None = Field(None, description="Access key; boto3's chain when unset.")
+    aws_secret_access_key: SecretStr | None = Field(None, description="Secret key; boto3's chain when unset.")
+    local_path: Path = Field(default_factory=lambda: _default_root() / "mirror", description="Mirror folder.")
+    upload_dir_path: Path = Field(default_factory=lambda: _default_root() / "upload", description="Watched.")
+    aws_base_url: str = Field("https://s3.amazonaws.com/", description="Base of public URLs.")
+    category_map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_CATEGORY_MAP))
+
+    # --- the library -------------------------------------------------------------------------
+    endpoint_url: str | None = Field(None, description="Any S3-compatible server; AWS when unset.")
+    region: str | None = Field(None, description="Region; boto3's default when unset.")
+    key_template: str = "{category}/{folder}/{name}"
+    allowed_extensions: Annotated[frozenset[str], NoDecode] = DEFAULT_EXTENSIONS
+    multipart_threshold: int = Field(8 * _MIB, ge=5 * _MIB, le=5 * 1024 * _MIB)
+    multipart_chunksize: int = Field(8 * _MIB, ge=5 * _MIB, le=5 * 1024 * _MIB)
+    connect_timeout: float = Field(5.0, gt=0, le=300)
+    read_timeout: float = Field(60.0, gt=0, le=3600)
+    max_attempts: int = Field(3, ge=1, le=20, description="botocore attempts per request.")
+
+    # --- the daemon --------------------------------------------------------------------------
+    watch_mode: Literal["auto", "inotify", "polling"] = "auto"
+    settle_seconds: float = Field(2.0, ge=0, le=3600)
+    rejected_dir: Path | None = None
+    after_upload: Literal["keep", "move", "delete"] = "keep"
+    done_dir: Path | None = None
+    state_path: Path = Field(default_factory=lambda: _default_root() / "state.db")
+    rescan_interval: float = Field(60.0, gt=0, le=86400)
+    max_concurrency: int = Field(8, ge=1, le=128)
+    retry_base: float = Field(1.0, gt=0, le=600, description="First retry delay of a failed transfer.")
+    retry_cap: float = Field(300.0, gt=0, le=86400, description="Longest delay between retries.")
+    mirror_interval: float = Field(60.0, ge=0, le=86400)
+    mirror_prefix: str = ""
+    mirror_delete: bool = False
+    mirror_max_delete: int = Field(100, ge=0, le=10_000_000)
+    shutdown_timeout: float = Field(30.0, ge=0, le=3600)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # --- the service -------------------------------------------------------------------------
+    metrics_addr: str | None = None
+    health_max_mirror_age: float = Field(0.0, ge=0, description="0: three mirror intervals.")
+    local_server: bool = Field(False, description="Start an embedded rclone S3 server (demo).")
+
+    # --- validators --------------------------------------------------------------------------
+    @field_validator("bucket_name")
+    @classmethod
+    def _check_bucket(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not _BUCKET_RE.fullmatch(v) or ".." in v:
+            raise ValueError("must be 3-63 characters of lower-case letters, digits, '.' and '-'")
+        return v
+
+    @field_validator("aws_base_url", "endpoint_url")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not re.match(r"https?://[^\s/]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    @field_validator("aws_base_url")
+    @classmethod
+    def _slash(cls, v: str | None) -> str:
+        v = v or "https://s3.amazonaws.com/"
+        return v if v.endswith("/") else v + "/"
+
+    @field_validator("category_map", mode="before")
+    @classmethod
+    def _parse_map(cls, v: object) -> object:
+        if isinstance(v, str | bytes):
+            try:
+                v = json.loads(v)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError("must be a JSON object such as {\"B\": \"BACKGROUND\"}") from exc
+        if not isinstance(v, Mapping):
+            raise ValueError("must be a JSON object such as {\"B\": \"BACKGROUND\"}")
+        return v
+
+    @field_validator("category_map")
+    @classmethod
+    def _check_map(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError("must name at least one category")
+        for code, category in v.items():
+            if not _CODE_RE.fullmatch(code):
+                raise ValueError(f"code {code[:20]!r} must be 1-4 upper-case letters")
+            if not _CATEGORY_RE.fullmatch(category) or category in {".", ".."} or ".." in category:
+                raise ValueError(
+                    f"category for {code!r} must be 1-63 letters, digits, '_', '.', '-' (no '..', no '/')"
+                )
+        return v
+
+    @field_validator("allowed_extensions", mode="before")
+    @classmethod
+    def _parse_extensions(cls, v: object) -> object:
+        v = _split_words(v)
+        if isinstance(v, list | tuple | set | frozenset):
+            return frozenset(str(e).lower().lstrip(".") for e in v)
+        return v
+
+    @field_validator("allowed_extensions")
+    @classmethod
+    def _check_extensions(cls, v: frozenset[str]) -> frozenset[str]:
+        if not v:
+            raise ValueError("must name at least one extension")
+        for ext in v:
+            if not _EXTENSION_RE.fullmatch(ext):
+                raise ValueError(f"extension {ext[:20]!r} must be 3-4 letters or digits")
+        return v
+
+    @field_validator("key_template")
+    @classmethod
+    def _check_template(cls, v: str) -> str:
+        try:
+            fields = [f for _, f, spec, conv in string.Formatter().parse(v) if f is not None]
+        except ValueError as exc:
+            raise ValueError(f"is not a valid template ({exc})") from exc
+        unknown = sorted(set(fields) - KEY_TEMPLATE_FIELDS)
+        if unknown or any(f == "" for f in fields):
+            raise ValueError(f"may only use {{{'}, {'.join(sorted(KEY_TEMPLATE_FIELDS))}}}, not {unknown}")
+        if "name" not in fields and "stem" not in fields:
+            raise ValueError("must contain {name} (or {stem}) so keys stay unique")
+        if v.startswith("/") or "\\" in v or any(seg in {".", ".."} for seg in v.split("/")):
+            raise ValueError("must be a relative key: no leading '/', no '\\', no '.' or '..' segments")
+        return v
+
+    @field_validator("local_path", "upload_dir_path", "state_path", "rejected_dir", "done_dir", mode="before")
+    @classmethod
+    def _expand(cls, v: object) -> object:
+        if isinstance(v, str) and v.strip() == "":
+            return None
+        if isinstance(v, str | os.PathLike):
+            text = os.fspath(v)
+            if "\x00" in str(text):
+                raise ValueError("must not contain a NUL character")
+            return Path(text).expanduser()
+        return v
+
+    @field_validator("local_path", "upload_dir_path", "state_path", "rejected_dir", "done_dir")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return None
+        if not v.is_absolute():
+            raise ValueError("must be an absolute path (a daemon has no meaningful working folder)")
+        if len(os.fsencode(v)) > 4000:
+            raise ValueError("is too long")
+        return Path(os.path.normpath(v))
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _check_addr(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9108")
+        return v
+
+    @model_validator(mode="after")
+    def _check_folders(self) -> Settings:
+        up, mirror = self.upload_dir_path, self.local_path
+        if _overlap(up, mirror):
+            raise ValueError(
+                "S3_UPLOAD_DIR_PATH and S3_LOCAL_PATH must be separate folders, neither inside the other"
+            )
+        if self.after_upload == "move" and self.done_dir is None:
+            raise ValueError("S3_AFTER_UPLOAD=move needs S3_DONE_DIR")
+        for name, extra in (("S3_DONE_DIR", self.done_dir), ("S3_REJECTED_DIR", self.rejected_dir)):
+            if extra is not None and (_overlap(extra, mirror) or extra == up):
+                raise ValueError(f"{name} must not be the upload folder or overlap S3_LOCAL_PATH")
+        if _inside(self.state_path, mirror):
+            raise ValueError("S3_STATE_PATH must not be inside S3_LOCAL_PATH")
+        if self.multipart_chunksize > self.multipart_threshold:
+            raise ValueError("S3_MULTIPART_CHUNKSIZE must not exceed S3_MULTIPART_THRESHOLD")
+        return self
+
+    # --- helpers -----------------------------------------------------------------------------
+    def require_bucket(self) -> str:
+        """Return the bucket name, or raise a :class:`ConfigurationError` if it is not set."""
+        if not self.bucket_name:
+            raise ConfigurationError(
+                "S3_BUCKET_NAME: not set (set it, or run `s3sync run --local-server` for a local demo)",
+                setting="S3_BUCKET_NAME",
+            )
+        return self.bucket_name
+
+    def masked(self) -> dict[str, str]:
+        """The effective settings as ``S3_*`` strings, secrets masked: for ``s3sync config``."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value: Any = getattr(self, name)
+            if isinstance(value, SecretStr):
+                text = "********" if value.get_secret_value() else ""
+            elif value is None:
+                text = ""
+            elif isinstance(value, frozenset):
+                text = " ".join(sorted(value))
+            elif isinstance(value, dict):
+                text = json.dumps(value, separators=(",", ":"))
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            out[ENV_PREFIX + name.upper()] = text
+        return out
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    a, b = Path(os.path.realpath(a)), Path(os.path.realpath(b))
+    return _inside(a, b) or _inside(b, a)
+
+
+def _describe(exc: ValidationError) -> tuple[str, str]:
+    err = exc.errors(include_url=False, include_input=False)[0]
+    loc = [str(p) for p in err.get("loc", ()) if isinstance(p, str)]
+    setting = ENV_PREFIX + loc[0].upper() if loc else "settings"
+    msg = str(err.get("msg", "invalid value"))
+    msg = msg.removeprefix("Value error, ")
+    if not loc and msg.startswith(ENV_PREFIX):
+        setting = msg.split(" ", 1)[0]
+        return setting, msg
+    return setting, f"{setting}: {msg}"
+
+
+def load_settings(
+    env_file: str | os.PathLike[str] | None = ".env",
+    *,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build :class:`Settings` from the environment, ``env_file`` and overrides.
+
+    Translates every validation problem into one :class:`ConfigurationError` whose
+    message names the setting (``S3_CATEGORY_MAP: must be a JSON object...``) and never
+    echoes the value. A missing ``env_file`` other than the default ``.env`` is an error.
+    """
+    env = os.environ if environ is None else environ
+    if env_file is not None and os.fspath(env_file) != ".env" and not Path(env_file).is_file():
+        raise ConfigurationError(f"--env-file: {os.fspath(env_file)!r} is not a readable file", setting="env_file")
+    secrets_dir = env.get("CREDENTIALS_DIRECTORY") or None
+    if secrets_dir is not None and not Path(secrets_dir).is_dir():
+        secrets_dir = None
+    try:
+        return Settings(_env_file=env_file, _secrets_dir=secrets_dir, **overrides)
+    except ValidationError as exc:
+        setting, message = _describe(exc)
+        raise ConfigurationError(message, setting=setting) from None
+    except SettingsError as exc:
+        # pydantic-settings could not decode a complex value (a JSON map) from the environment.
+        match = re.search(r'field "(\w+)"', str(exc))
+        setting = ENV_PREFIX + match.group(1).upper() if match else "settings"
+        raise ConfigurationError(f"{setting}: could not be parsed (expected JSON)", setting=setting) from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigurationError(f"settings: cannot read configuration ({type(exc).__name__})") from None
