@@ -1,0 +1,58 @@
+"""s3sync: keep a folder of graphics resources and an S3 bucket in step.
+
+The library of the original django_s3 app, done properly:
+
+* :class:`Resource` parses the naming convention ``<code><serial>_<rest><size>.<ext>``;
+* :class:`Transport` uploads and downloads resources, with integrity checks;
+* :class:`Browser` walks the bucket as a tree of :class:`FileTreeNode`.
+
+Around it, ``s3sync run`` is a sync daemon (see :mod:`s3sync.service`).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from s3sync.browser import Browser, FileTreeNode
+from s3sync.errors import (
+    ConfigurationError,
+    DownloadError,
+    EndpointError,
+    IntegrityError,
+    InvalidNameError,
+    LocalFileError,
+    NotFoundError,
+    S3SyncError,
+    StateError,
+    TransferError,
+    UnsafeKeyError,
+    UploadError,
+)
+from s3sync.resource import Resource
+from s3sync.settings import Settings, load_settings
+from s3sync.transport import DownloadResult, RemoteObject, Transport, UploadResult
+
+__all__ = [
+    "Browser",
+    "ConfigurationError",
+    "DownloadError",
+    "DownloadResult",
+    "EndpointError",
+    "FileTreeNode",
+    "IntegrityError",
+    "InvalidNameError",
+    "LocalFileError",
+    "NotFoundError",
+    "RemoteObject",
+    "Resource",
+    "S3SyncError",
+    "Settings",
+    "StateError",
+    "TransferError",
+    "Transport",
+    "UnsafeKeyError",
+    "UploadError",
+    "UploadResult",
+    "__version__",
+    "load_settings",
+]

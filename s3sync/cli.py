@@ -1,0 +1,439 @@
+"""The ``s3sync`` command (Typer + Rich): argv -> Settings -> logs -> library/service.
+
+Exit codes: 0 ok, 1 some item failed, 2 usage or configuration error. Errors are one line
+on stderr (``s3sync: error: ...``) and a structured event; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import structlog
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from s3sync import __version__
+from s3sync.errors import ConfigurationError, InvalidNameError, S3SyncError
+from s3sync.logs import configure_logging
+from s3sync.settings import Settings, load_settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="s3sync",
+    help="Keep a folder of graphics resources and an S3 bucket in step.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+log = structlog.get_logger("s3sync")
+
+
+class _Ctx:
+    env_file: str | None = ".env"
+    debug: bool = False
+
+
+_ctx = _Ctx()
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    if isinstance(exc, S3SyncError):
+        code = exc.exit_code
+        message = str(exc)
+        log.error("command.failed", error=message, error_type=type(exc).__name__)
+    else:
+        code = 1
+        message = f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+        log.error("command.crashed", error=f"{type(exc).__name__}: {exc}")
+    if _ctx.debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    err.print(f"s3sync: error: {message}", markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        err.print("s3sync: interrupted", markup=False)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - turned into one line and an exit code
+        _fail(exc)
+
+
+def _settings(**overrides: Any) -> Settings:
+    settings = load_settings(_ctx.env_file, **overrides)
+    secrets = [
+        s.get_secret_value()
+        for s in (settings.aws_access_key_id, settings.aws_secret_access_key)
+        if s is not None
+    ]
+    configure_logging(settings.log_format, "debug" if _ctx.debug else settings.log_level, secrets=secrets)
+    return settings
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"s3sync {__version__}", markup=False, highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    env_file: Annotated[
+        str | None, typer.Option("--env-file", help="Read settings from this .env file (default: ./.env).")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug events.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Keep a folder of graphics resources and an S3 bucket in step."""
+    _ctx.env_file = env_file if env_file is not None else ".env"
+    _ctx.debug = debug
+    configure_logging("auto", "warning")
+
+
+# --- library commands ----------------------------------------------------------------------
+@app.command()
+def check(
+    names: Annotated[list[str], typer.Argument(help="Resource names to parse.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Parse resource names and print their fields, or why a name is invalid."""
+    from s3sync.resource import Resource  # noqa: PLC0415
+
+    with _errors():
+        settings = _settings()
+        results: list[dict[str, Any]] = []
+        for name in names:
+            try:
+                results.append({"valid": True, **Resource(name, settings=settings).as_dict()})
+            except InvalidNameError as exc:
+                results.append({"valid": False, "name": name, "reason": exc.reason})
+        if as_json:
+            out.print(json.dumps(results, indent=2), markup=False, highlight=False)
+        else:
+            for r in results:
+                if r["valid"]:
+                    table = Table(title=r["name"], show_header=False, title_justify="left")
+                    for field in ("code", "serial", "folder", "rest", "size", "extension", "category", "key", "url"):
+                        table.add_row(field, str(r[field]))
+                    out.print(table)
+                else:
+                    out.print(f"[red]invalid[/red] {r['name']!r}: {r['reason']}", highlight=False)
+        if not all(r["valid"] for r in results):
+            raise typer.Exit(1)
+
+
+@app.command()
+def upload(paths: Annotated[list[Path], typer.Argument(help="Files to upload (their names give the keys).")]) -> None:
+    """Upload files to their keys; prints each key (or that it was already there)."""
+    from s3sync.transport import Transport  # noqa: PLC0415
+
+    with _errors():
+        settings = _settings()
+        failed = 0
+        with Transport(settings) as transport:
+            for path in paths:
+                try:
+                    r = transport.upload(path)
+                except S3SyncError as exc:
+                    if exc.exit_code == 2:
+                        raise
+                    failed += 1
+                    err.print(f"s3sync: error: {exc}", markup=False, highlight=False)
+                    log.error("upload.failed", path=str(path), error=str(exc))
+                    continue
+                state = "unchanged" if r.skipped else f"{r.bytes} bytes"
+                out.print(f"{r.key}\t{state}", markup=False, highlight=False)
+        if failed:
+            raise typer.Exit(1)
+
+
+@app.command()
+def download(names: Annotated[list[str], typer.Argument(help="Resource names to download.")]) -> None:
+    """Download resources into S3_LOCAL_PATH; prints each local path."""
+    from s3sync.transport import Transport  # noqa: PLC0415
+
+    with _errors():
+        settings = _settings()
+        failed = 0
+        with Transport(settings) as transport:
+            for name in names:
+                try:
+                    path = transport.download(name)
+                except S3SyncError as exc:
+                    if exc.exit_code == 2:
+                        raise
+                    failed += 1
+                    err.print(f"s3sync: error: {exc}", markup=False, highlight=False)
+                    continue
+                out.print(str(path), markup=False, highlight=False)
+        if failed:
+            raise typer.Exit(1)
+
+
+@app.command()
+def tree(
+    path: Annotated[str, typer.Argument(help="A folder of the bucket; the whole bucket by default.")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show the bucket (or a folder of it) as a tree."""
+    from s3sync.browser import Browser, FileTreeNode  # noqa: PLC0415
+
+    with _errors():
+        settings = _settings()
+        browser = Browser(settings)
+        try:
+            root = browser.walk(path)
+        finally:
+            browser.transport.close()
+        if as_json or not out.is_terminal:
+            if as_json:
+                out.print(json.dumps(root.to_dict(), indent=2), markup=False, highlight=False)
+                return
+
+        def add(branch: Tree, node: FileTreeNode) -> None:
+            for child in node:
+                if child.is_dir:
+                    add(branch.add(f"[bold]{child.name}/[/bold]"), child)
+                else:
+                    branch.add(f"{child.name} [dim]({child.size} bytes)[/dim]")
+
+        top = Tree(f"[bold]s3://{settings.bucket_name}/{root.path}[/bold]")
+        if root.is_file:
+            top.add(f"{root.name} [dim]({root.size} bytes)[/dim]")
+        else:
+            add(top, root)
+        out.print(top)
+
+
+@app.command()
+def config(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Print the effective settings (validated; secrets masked)."""
+    with _errors():
+        values = _settings().masked()
+        if as_json:
+            out.print(json.dumps(values, indent=2), markup=False, highlight=False)
+            return
+        for name, value in values.items():
+            out.print(f"{name}={value}", markup=False, highlight=False)
+
+
+# --- the daemon ----------------------------------------------------------------------------
+@contextmanager
+def _maybe_local_server(settings: Settings, requested: bool) -> Iterator[Settings]:
+    if not (requested or settings.local_server):
+        yield settings
+        return
+    from s3sync.localserver import DEMO_BUCKET, LocalServer  # noqa: PLC0415
+
+    data = Path(tempfile.gettempdir()) / "s3sync" / "demo-s3"
+    server = LocalServer(data)
+    server.start()
+    try:
+        demo = _settings(
+            endpoint_url=server.endpoint,
+            bucket_name=settings.bucket_name or DEMO_BUCKET,
+            aws_access_key_id=server.access_key,
+            aws_secret_access_key=server.secret_key,
+            region="us-east-1",
+            mirror_interval=settings.mirror_interval if settings.mirror_interval != 60 else 10,
+            local_server=True,
+        )
+        from s3sync.transport import make_client  # noqa: PLC0415
+
+        client = make_client(demo)
+        try:
+            client.create_bucket(Bucket=demo.require_bucket())
+        except Exception as exc:  # noqa: BLE001 - "already exists" is fine; others surface at first use
+            if "BucketAlready" not in type(exc).__name__ and "BucketAlready" not in str(exc):
+                log.debug("local_server.create_bucket", error=str(exc))
+        err.print(
+            "\n[bold green]s3sync demo[/bold green]: a local S3 server (rclone) is running.\n"
+            f"  endpoint       {server.endpoint}\n"
+            f"  bucket         {demo.bucket_name}\n"
+            f"  upload folder  {demo.upload_dir_path}   <- drop files here, e.g. CF0001_WHITE_320x320.jpg\n"
+            f"  mirror folder  {demo.local_path}   <- the bucket appears here every {demo.mirror_interval:g} s\n"
+            f"  bucket files   {data / (demo.bucket_name or '')}\n"
+            "  Ctrl-C stops it.\n",
+            highlight=False,
+        )
+        yield demo
+    finally:
+        server.stop()
+
+
+def _install_signals(stop: threading.Event, reload: threading.Event | None) -> None:
+    def on_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    if reload is not None:
+
+        def on_hup(signum: int, frame: object) -> None:
+            reload.set()
+
+        signal.signal(signal.SIGHUP, on_hup)
+
+
+@app.command()
+def run(
+    local_server: Annotated[
+        bool, typer.Option("--local-server", help="Start an embedded local S3 server (demo; no bucket needed).")
+    ] = False,
+) -> None:
+    """Run the sync daemon in the foreground (SIGTERM/SIGINT stop it, SIGHUP reloads settings)."""
+    from s3sync.service import Service  # noqa: PLC0415
+
+    with _errors():
+        stop, reload = threading.Event(), threading.Event()
+        _install_signals(stop, reload)
+        base = _settings()
+        with _maybe_local_server(base, local_server) as settings:
+            settings.require_bucket()
+            while True:
+                service = Service(settings)
+                service.run(stop, reload=reload)
+                if stop.is_set() or not reload.is_set():
+                    break
+                reload.clear()
+                try:
+                    fresh = _settings()
+                    settings = fresh if not settings.local_server else settings
+                    log.info("daemon.reloaded")
+                except ConfigurationError as exc:
+                    log.error("daemon.reload_failed", error=str(exc))
+                # READY=1 is sent again by the new service once its scan is done.
+
+
+def _progress_callback() -> tuple[Callable[[str, int], None], Callable[[], None]]:
+    from rich.live import Live  # noqa: PLC0415
+
+    counts: dict[str, int] = {}
+    started = time.monotonic()
+    nbytes = [0]
+
+    def render() -> str:
+        elapsed = max(time.monotonic() - started, 1e-6)
+        parts = [f"{k} {v}" for k, v in sorted(counts.items())]
+        rate = nbytes[0] / elapsed / 1e6
+        return f"{', '.join(parts) or 'scanning...'}  |  {nbytes[0] / 1e6:.1f} MB at {rate:.1f} MB/s"
+
+    live = Live(render(), console=err, refresh_per_second=4, transient=True)
+    live.start()
+    lock = threading.Lock()
+
+    def update(kind: str, n: int) -> None:
+        with lock:
+            counts[kind] = counts.get(kind, 0) + 1
+            nbytes[0] += n
+            live.update(render())
+
+    return update, live.stop
+
+
+@app.command()
+def sync(
+    upload_only: Annotated[bool, typer.Option("--upload-only", help="Only the upload pass.")] = False,
+    mirror_only: Annotated[bool, typer.Option("--mirror-only", help="Only the mirror pass.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be done; change nothing.")] = False,
+    local_server: Annotated[bool, typer.Option("--local-server", help="Use the embedded local S3 server.")] = False,
+) -> None:
+    """One catch-up upload pass and one mirror pass, then exit (1 if any item failed)."""
+    from s3sync.service import Service  # noqa: PLC0415
+
+    if upload_only and mirror_only:
+        err.print("s3sync: error: --upload-only and --mirror-only exclude each other", markup=False)
+        raise typer.Exit(2)
+    with _errors():
+        base = _settings()
+        with _maybe_local_server(base, local_server) as settings:
+            settings.require_bucket()
+            update: Callable[[str, int], None] | None = None
+            finish: Callable[[], None] = lambda: None  # noqa: E731
+            if err.is_terminal and not dry_run:
+                update, finish = _progress_callback()
+            service = Service(settings, on_result=update)
+            try:
+                summary = service.sync_once(upload=not mirror_only, mirror=not upload_only, dry_run=dry_run)
+            finally:
+                finish()
+                service.close()
+        verb = "would upload" if dry_run else "uploaded"
+        line = [
+            f"{verb} {summary.uploaded} ({summary.uploaded_bytes} bytes)",
+            f"unchanged {summary.upload_skipped}",
+            f"rejected {summary.rejected}",
+            f"failed {summary.upload_failed}",
+        ]
+        if summary.mirror is not None:
+            m = summary.mirror
+            line.append(
+                f"mirror: listed {m.listed}, {'would download' if dry_run else 'downloaded'} {m.downloaded}, "
+                f"deleted {m.deleted}, failed {m.failed}, unsafe keys {m.unsafe}"
+            )
+        err.print("; ".join(line), markup=False, highlight=False)
+        if summary.failed:
+            raise typer.Exit(1)
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Print the daemon's health from its state database."""
+    from s3sync.service import read_status  # noqa: PLC0415
+
+    with _errors():
+        settings = _settings()
+        snap = read_status(settings)
+        if snap is None:
+            err.print(f"s3sync: no state database at {settings.state_path} (has the daemon run?)", markup=False)
+            raise typer.Exit(1)
+        now = time.time()
+        beat = float(snap.get("time") or 0)
+        last_ok = snap.get("last_mirror_ok")
+        max_age = settings.health_max_mirror_age or (3 * settings.mirror_interval + 60)
+        problems = []
+        if beat and now - beat > 30:
+            problems.append(f"no status from the daemon for {int(now - beat)} s (stopped or stuck)")
+        if settings.mirror_interval > 0 and (not last_ok or now - float(last_ok) > max_age):
+            problems.append("no successful mirror pass recently")
+        snap["healthy"] = not problems
+        snap["problems"] = problems
+        if as_json:
+            out.print(json.dumps(snap, indent=2, default=str), markup=False, highlight=False)
+        else:
+            table = Table(title="s3sync status", show_header=False, title_justify="left")
+            table.add_row("healthy", "[green]yes[/green]" if not problems else "[red]no[/red]: " + "; ".join(problems))
+            table.add_row("last report", f"{int(now - beat)} s ago" if beat else "never")
+            for k in ("queued", "uploaded", "skipped", "rejected", "failed", "recorded_uploaded", "recorded_rejected"):
+                table.add_row(k.replace("_", " "), str(snap.get(k, 0)))
+            table.add_row("last mirror ok", f"{int(now - float(last_ok))} s ago" if last_ok else "never")
+            out.print(table)
+        if problems:
+            raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

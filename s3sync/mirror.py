@@ -1,0 +1,228 @@
+"""One mirror pass: listing -> plan -> download -> state, then (optionally) safe deletes.
+
+The listing is streamed page by page and compared with the state database, so an
+unchanged bucket costs only LIST requests, and memory stays flat for any bucket size.
+Downloads run on a bounded pool. Deletion happens only after a complete, non-empty
+listing, only for files the mirror itself wrote and nobody touched since, and never more
+than ``S3_MIRROR_MAX_DELETE`` in one pass (beyond that the pass refuses to delete at all).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import structlog
+
+from s3sync.errors import S3SyncError, UnsafeKeyError
+from s3sync.localfs import lstat_under, remove_under
+from s3sync.paths import key_to_relpath
+from s3sync.plan import LocalStat, MirrorAction, plan_mirror
+from s3sync.settings import Settings
+from s3sync.state import State
+from s3sync.transport import RemoteObject, Transport
+
+__all__ = ["Mirror", "MirrorReport"]
+
+log = structlog.get_logger("s3sync")
+
+
+@dataclass
+class MirrorReport:
+    """What one pass did."""
+
+    listed: int = 0
+    downloaded: int = 0
+    skipped: int = 0
+    deleted: int = 0
+    failed: int = 0
+    unsafe: int = 0
+    bytes: int = 0
+    duration_ms: int = 0
+    complete: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """A complete listing and no failed item."""
+        return self.complete and self.failed == 0
+
+
+class Mirror:
+    """Mirror the bucket (or ``S3_MIRROR_PREFIX``) into ``S3_LOCAL_PATH``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport,
+        state: State,
+        *,
+        dry_run: bool = False,
+        on_result: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.state = state
+        self.root = settings.local_path
+        self.dry_run = dry_run
+        self.heartbeat = time.monotonic()
+        self._on_result = on_result
+        self._reported: set[str] = set()
+        self._lock = threading.Lock()
+
+    def run_pass(self, stop: threading.Event | None = None) -> MirrorReport:
+        """List, download what is new or changed, then delete what is safe to delete."""
+        stop = stop or threading.Event()
+        report = MirrorReport()
+        started = time.monotonic()
+        prefix = self.settings.mirror_prefix
+        pass_no = self.state.next_pass() if not self.dry_run else 0
+        log.info("mirror.started", prefix=prefix, pass_no=pass_no)
+        self.root.mkdir(parents=True, exist_ok=True)
+        workers = self.settings.max_concurrency
+        inflight: list[Future[None]] = []
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3sync-mirror") as pool:
+            try:
+                for page in self.transport.list_pages(prefix):
+                    self.heartbeat = time.monotonic()
+                    if stop.is_set():
+                        break
+                    seen: list[str] = []
+                    for obj in page:
+                        report.listed += 1
+                        if self._plan_one(obj, report, seen):
+                            inflight.append(pool.submit(self._download, obj, pass_no, report))
+                        if len(inflight) >= workers * 4:
+                            inflight = self._drain(inflight, keep=workers * 2)
+                    if self.settings.mirror_delete and not self.dry_run:
+                        self.state.mark_seen(seen, pass_no)
+                else:
+                    report.complete = True
+            except S3SyncError as exc:
+                report.errors.append(str(exc))
+                log.error("mirror.failed", error=str(exc), listed=report.listed)
+            self._drain(inflight, keep=0)
+        if report.complete and not stop.is_set() and self.settings.mirror_delete:
+            self._delete_gone(pass_no, report)
+        report.duration_ms = int((time.monotonic() - started) * 1000)
+        if report.complete and report.failed == 0 and not self.dry_run:
+            self.state.set_meta("last_mirror_ok", str(time.time()))
+        log.info(
+            "mirror.completed",
+            listed=report.listed,
+            downloaded=report.downloaded,
+            deleted=report.deleted,
+            failed=report.failed,
+            unsafe=report.unsafe,
+            bytes=report.bytes,
+            duration_ms=report.duration_ms,
+            complete=report.complete,
+        )
+        return report
+
+    def _drain(self, futures: list[Future[None]], *, keep: int) -> list[Future[None]]:
+        while len(futures) > keep:
+            futures.pop(0).result()
+            self.heartbeat = time.monotonic()
+        return futures
+
+    def _plan_one(self, obj: RemoteObject, report: MirrorReport, seen: list[str]) -> bool:
+        """Decide for one object; True when it must be downloaded."""
+        record = self.state.get_mirror(obj.key)
+        local = None
+        try:
+            segments = key_to_relpath(obj.key)
+            st = os.lstat(self.root.joinpath(*segments))
+            local = LocalStat(st.st_size, st.st_mtime_ns)
+        except (UnsafeKeyError, OSError):
+            pass
+        decision = plan_mirror(
+            obj.key,
+            obj.size,
+            obj.etag,
+            (record.size, record.etag, record.local_size, record.local_mtime_ns) if record else None,
+            local,
+        )
+        if record is not None:
+            seen.append(obj.key)
+        if decision.action is MirrorAction.UNSAFE:
+            report.unsafe += 1
+            self._report_once(obj.key, "mirror.unsafe_key", reason=decision.reason)
+            return False
+        if decision.action is MirrorAction.DOWNLOAD:
+            if self.dry_run:
+                log.info("mirror.would_download", key=obj.key, bytes=obj.size)
+                report.downloaded += 1
+                return False
+            return True
+        report.skipped += 1
+        return False
+
+    def _report_once(self, key: str, event: str, **fields: object) -> None:
+        with self._lock:
+            if key in self._reported:
+                return
+            if len(self._reported) < 100_000:
+                self._reported.add(key)
+        log.warning(event, key=key, **fields)
+
+    def _download(self, obj: RemoteObject, pass_no: int, report: MirrorReport) -> None:
+        try:
+            result = self.transport.download_key(obj.key, remote=obj)
+            st = os.lstat(result.path)
+            self.state.record_mirrored(obj.key, obj.size, obj.etag, st.st_size, st.st_mtime_ns, pass_no)
+        except S3SyncError as exc:
+            with self._lock:
+                report.failed += 1
+                report.errors.append(str(exc))
+            if self._on_result is not None:
+                self._on_result("failed", 0)
+            log.error("mirror.failed", key=obj.key, error=str(exc))
+            return
+        except OSError as exc:
+            with self._lock:
+                report.failed += 1
+            log.error("mirror.failed", key=obj.key, error=f"{type(exc).__name__}: {exc.strerror}")
+            return
+        with self._lock:
+            if result.skipped:
+                report.skipped += 1
+            else:
+                report.downloaded += 1
+                report.bytes += result.bytes
+        if self._on_result is not None:
+            self._on_result("skipped" if result.skipped else "downloaded", result.bytes)
+        if not result.skipped:
+            log.info("mirror.downloaded", key=obj.key, bytes=result.bytes, duration_ms=result.duration_ms)
+
+    def _delete_gone(self, pass_no: int, report: MirrorReport) -> None:
+        if report.listed == 0:
+            log.warning("mirror.delete_refused", reason="the listing came back empty")
+            return
+        cap = self.settings.mirror_max_delete
+        candidates = self.state.unseen_mirrored(pass_no, self.settings.mirror_prefix, cap + 1)
+        if len(candidates) > cap:
+            log.warning(
+                "mirror.delete_refused",
+                reason=f"more than S3_MIRROR_MAX_DELETE={cap} files would be deleted",
+                candidates=len(candidates),
+            )
+            return
+        for rec in candidates:
+            segments = key_to_relpath(rec.key)
+            st = lstat_under(self.root, segments)
+            if st is None:
+                self.state.forget_mirrored(rec.key)
+                continue
+            if (st.st_size, st.st_mtime_ns) != (rec.local_size, rec.local_mtime_ns):
+                log.warning("mirror.delete_skipped", key=rec.key, reason="changed locally since the mirror wrote it")
+                self.state.forget_mirrored(rec.key)
+                continue
+            if remove_under(self.root, segments):
+                report.deleted += 1
+                log.info("mirror.deleted", key=rec.key)
+            self.state.forget_mirrored(rec.key)

@@ -1,0 +1,634 @@
+"""Upload and download resources: the only module that talks to boto3/botocore.
+
+Design, after s3transfer: one thread-safe client with a connection pool sized to the
+concurrency, and a :class:`Transport` that owns the thread pool used for multipart parts.
+Unlike ``upload_file``/``download_file`` it keeps integrity end to end on every server:
+
+* every PUT and UploadPart carries ``Content-MD5`` (the server verifies it), and the
+  returned ETag is checked against our own MD5;
+* the object's SHA-256 is stored in its metadata (``x-amz-meta-s3sync-sha256``), so a
+  change is detected even for multipart objects whose ETag is not an MD5;
+* a download is streamed to a temp file beside the target, its size and hash are checked
+  (SHA-256 from metadata, else a plain-MD5 ETag), then it is fsynced and renamed;
+* botocore's own flexible checksums are set to ``when_required``: many S3-compatible
+  servers (rclone, older MinIO/Ceph) reject the trailers botocore sends by default.
+
+botocore exceptions are translated into :mod:`s3sync.errors` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import mimetypes
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from s3sync.errors import (
+    ConfigurationError,
+    DownloadError,
+    EndpointError,
+    IntegrityError,
+    LocalFileError,
+    NotFoundError,
+    S3SyncError,
+    TransferError,
+    UploadError,
+)
+from s3sync.localfs import AtomicWriter, hash_file, lstat_under
+from s3sync.paths import key_to_relpath
+from s3sync.resource import Resource
+from s3sync.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = [
+    "META_SHA256",
+    "DownloadResult",
+    "RemoteObject",
+    "Transport",
+    "UploadResult",
+    "make_client",
+]
+
+#: Metadata key holding the SHA-256 of the whole object (hex).
+META_SHA256: Final = "s3sync-sha256"
+_READ_CHUNK = 1024 * 1024
+_MAX_PARTS = 10_000
+_CHANGE_RETRIES = 5
+
+
+class _Unknown:
+    """Sentinel: the caller does not know whether the object exists (so we HEAD it)."""
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN: Final = _Unknown()
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteObject:
+    """An object as seen in a listing or a HEAD; ``etag`` is unquoted and lower-case."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime | None = None
+    sha256: str | None = None
+
+    @property
+    def etag_is_md5(self) -> bool:
+        """True when the ETag is a plain MD5 of the content (single-part upload, no SSE-KMS)."""
+        return len(self.etag) == 32 and "-" not in self.etag
+
+    def same_content(self, size: int, sha256: str | None, md5: str | None) -> bool:
+        """Whether a local file of ``size`` with these hashes holds the same bytes."""
+        if size != self.size:
+            return False
+        if self.sha256 and sha256:
+            return self.sha256 == sha256
+        return bool(md5) and self.etag_is_md5 and self.etag == md5
+
+
+@dataclass(frozen=True, slots=True)
+class UploadResult:
+    """What an upload did; ``skipped`` when the bucket already held the same content."""
+
+    key: str
+    path: Path
+    bytes: int
+    sha256: str
+    etag: str
+    skipped: bool
+    multipart: bool
+    duration_ms: int
+    size: int = 0
+    mtime_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadResult:
+    """What a download did; ``skipped`` when the local copy was already identical."""
+
+    key: str
+    path: Path
+    bytes: int
+    sha256: str | None
+    etag: str
+    skipped: bool
+    duration_ms: int
+
+
+def _client_config(settings: Settings) -> Config:
+    return Config(
+        max_pool_connections=max(10, settings.max_concurrency * 2),
+        retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        tcp_keepalive=True,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+        user_agent_extra="s3sync",
+    )
+
+
+def make_client(settings: Settings) -> S3Client:
+    """One S3 client for the whole process (botocore clients are thread-safe).
+
+    Credentials come from the settings when set, else from boto3's default chain.
+    """
+    key = settings.aws_access_key_id.get_secret_value() if settings.aws_access_key_id else None
+    secret = settings.aws_secret_access_key.get_secret_value() if settings.aws_secret_access_key else None
+    if bool(key) != bool(secret):
+        missing = "S3_AWS_SECRET_ACCESS_KEY" if key else "S3_AWS_ACCESS_KEY_ID"
+        raise ConfigurationError(f"{missing}: must be set together with its pair", setting=missing)
+    region = settings.region or ("us-east-1" if settings.endpoint_url else None)
+    try:
+        session = boto3.session.Session(aws_access_key_id=key, aws_secret_access_key=secret, region_name=region)
+        return session.client("s3", endpoint_url=settings.endpoint_url, config=_client_config(settings))
+    except botocore.exceptions.BotoCoreError as exc:
+        raise ConfigurationError(f"S3 client: {type(exc).__name__}: {exc}") from None
+
+
+def _unquote(etag: str | None) -> str:
+    return (etag or "").strip().strip('"').lower()
+
+
+def _metadata_sha256(metadata: dict[str, str] | None) -> str | None:
+    # rclone capitalises metadata keys; HTTP headers are case-insensitive anyway.
+    for k, v in (metadata or {}).items():
+        if k.lower() == META_SHA256:
+            return v.strip().lower() or None
+    return None
+
+
+def _error_code(exc: botocore.exceptions.ClientError) -> tuple[str, int]:
+    err = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return str(err.get("Code", "")), int(status)
+
+
+def translate(
+    exc: Exception, *, action: str, bucket: str, key: str | None = None, kind: type[TransferError] = TransferError
+) -> S3SyncError:
+    """Map a botocore exception to an :class:`S3SyncError` with a one-line message."""
+    where = f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}"
+    if isinstance(exc, S3SyncError):
+        return exc
+    if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+        return ConfigurationError(
+            "S3_AWS_ACCESS_KEY_ID: no credentials found (set S3_AWS_ACCESS_KEY_ID and S3_AWS_SECRET_ACCESS_KEY, "
+            "or configure boto3's credential chain)",
+            setting="S3_AWS_ACCESS_KEY_ID",
+        )
+    if isinstance(
+        exc,
+        botocore.exceptions.EndpointConnectionError
+        | botocore.exceptions.ConnectTimeoutError
+        | botocore.exceptions.ReadTimeoutError
+        | botocore.exceptions.ConnectionClosedError
+        | botocore.exceptions.ConnectionError,
+    ):
+        return EndpointError(f"{action} {where}: endpoint unreachable ({type(exc).__name__})", bucket=bucket, key=key)
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code, status = _error_code(exc)
+        if code in {"NoSuchKey", "404", "NotFound"}:
+            return NotFoundError(f"{action} {where}: no such object", bucket=bucket, key=key)
+        if code == "NoSuchBucket":
+            return NotFoundError(f"{action} {where}: bucket {bucket!r} does not exist", bucket=bucket, key=key)
+        if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden"}:
+            return EndpointError(f"{action} {where}: access denied ({code})", bucket=bucket, key=key, code=code)
+        if code in {"RequestTimeTooSkewed", "RequestExpired"}:
+            return EndpointError(
+                f"{action} {where}: the server rejected our clock ({code}); check the system time",
+                bucket=bucket,
+                key=key,
+                code=code,
+            )
+        if code in {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"}:
+            return IntegrityError(f"{action} {where}: the server saw corrupted bytes ({code})", bucket=bucket, key=key)
+        return kind(f"{action} {where}: {code or 'error'} (HTTP {status})", bucket=bucket, key=key, code=code)
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return kind(f"{action} {where}: {type(exc).__name__}", bucket=bucket, key=key)
+    if isinstance(exc, OSError):
+        return LocalFileError(f"{action} {where}: {exc.strerror or exc}", bucket=bucket, key=key)
+    return kind(f"{action} {where}: {type(exc).__name__}: {exc}", bucket=bucket, key=key)
+
+
+def content_type_for(name: str) -> str:
+    """Content-Type from the extension (``image/jpeg`` for ``.JPG``)."""
+    ctype, _ = mimetypes.guess_type("x." + name.rpartition(".")[2].lower(), strict=False)
+    return ctype or "application/octet-stream"
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+class MultipartTracker(Protocol):
+    """Somewhere to note open multipart uploads, so a crash leaves none dangling (the state DB)."""
+
+    def add_multipart(self, upload_id: str, key: str) -> None: ...
+    def remove_multipart(self, upload_id: str) -> None: ...
+
+
+class _FileChangedError(LocalFileError):
+    """The file changed while we read it: the upload is redone."""
+
+
+class Transport:
+    """Upload and download resources; ``Transport()`` reads settings from the environment.
+
+    Thread-safe: one instance serves all the daemon's workers. ``close()`` releases the
+    part thread pool (also a context manager).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        client: S3Client | None = None,
+        tracker: MultipartTracker | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else load_settings()
+        self.tracker = tracker
+        self.bucket = self.settings.require_bucket()
+        self.client: S3Client = client if client is not None else make_client(self.settings)
+        self._parts = ThreadPoolExecutor(
+            max_workers=max(2, self.settings.max_concurrency), thread_name_prefix="s3sync-part"
+        )
+        self._closed = threading.Event()
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the part pool (waiting for nothing: in-flight parts finish or fail on their own)."""
+        self._closed.set()
+        self._parts.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- naming --------------------------------------------------------------------------
+    def resource(self, name: str) -> Resource:
+        """A :class:`Resource` under this transport's settings."""
+        return Resource(name, settings=self.settings)
+
+    def _resolve_upload(self, item: Resource | str | os.PathLike[str]) -> tuple[Path, Resource]:
+        if isinstance(item, Resource):
+            return self.settings.upload_dir_path / item.name, item
+        text = os.fspath(item)
+        if isinstance(item, os.PathLike) or os.sep in text:
+            path = Path(text)
+            return path, self.resource(path.name)
+        return self.settings.upload_dir_path / text, self.resource(text)
+
+    def local_path(self, key: str) -> Path:
+        """Where the mirror keeps ``key`` (raises :class:`UnsafeKeyError` for unsafe keys)."""
+        return self.settings.local_path.joinpath(*key_to_relpath(key))
+
+    # --- remote metadata -----------------------------------------------------------------
+    def head(self, key: str) -> RemoteObject | None:
+        """The object's size, ETag and stored SHA-256, or None if there is no such object."""
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            code, status = _error_code(exc)
+            if status == 404 or code in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise translate(exc, action="HEAD", bucket=self.bucket, key=key) from exc
+        except (botocore.exceptions.BotoCoreError, OSError) as exc:
+            raise translate(exc, action="HEAD", bucket=self.bucket, key=key) from exc
+        return RemoteObject(
+            key=key,
+            size=int(resp.get("ContentLength", 0)),
+            etag=_unquote(resp.get("ETag")),
+            last_modified=resp.get("LastModified"),
+            sha256=_metadata_sha256(resp.get("Metadata")),
+        )
+
+    def list_pages(self, prefix: str = "") -> Iterator[list[RemoteObject]]:
+        """Stream the bucket's objects under ``prefix`` one page (up to 1,000) at a time."""
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": 1000}
+            if token:
+                kwargs["ContinuationToken"] = token
+            try:
+                resp = self.client.list_objects_v2(**kwargs)
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+                raise translate(exc, action="LIST", bucket=self.bucket, key=prefix or None) from exc
+            yield [
+                RemoteObject(
+                    key=o["Key"],
+                    size=int(o.get("Size", 0)),
+                    etag=_unquote(o.get("ETag")),
+                    last_modified=o.get("LastModified"),
+                )
+                for o in resp.get("Contents", [])
+            ]
+            token = resp.get("NextContinuationToken")
+            if not resp.get("IsTruncated") or not token:
+                return
+
+    def confirm(self, key: str, size: int, sha256: str, etag: str) -> bool:
+        """Check with a HEAD that ``key`` holds exactly this content (before moving/deleting the source)."""
+        remote = self.head(key)
+        if remote is None or remote.size != size:
+            return False
+        if remote.sha256:
+            return remote.sha256 == sha256
+        # Some servers forget metadata (rclone after a restart): fall back to the upload's ETag.
+        return bool(etag) and remote.etag == etag
+
+    # --- upload --------------------------------------------------------------------------
+    def upload(
+        self,
+        item: Resource | str | os.PathLike[str],
+        *,
+        remote: RemoteObject | None | _Unknown = UNKNOWN,
+    ) -> UploadResult:
+        """Upload a resource (by :class:`Resource`, name in the upload folder, or path) to its key.
+
+        Makes no PUT when the bucket already holds the same bytes (``result.skipped``). Pass
+        ``remote`` (from a listing, or None for "absent") to save the HEAD. If the file changes
+        while it is read, the upload is redone with the new content.
+        """
+        path, res = self._resolve_upload(item)
+        for _ in range(_CHANGE_RETRIES):
+            try:
+                return self._upload_once(path, res, remote)
+            except _FileChangedError:
+                remote = UNKNOWN
+                continue
+        raise UploadError(f"{str(path)!r} keeps changing while it is uploaded; try again later", path=str(path))
+
+    def _upload_once(self, path: Path, res: Resource, remote: RemoteObject | None | _Unknown) -> UploadResult:
+        started = time.monotonic()
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in finally, shared by part threads
+        except FileNotFoundError as exc:
+            raise LocalFileError(f"{str(path)!r} does not exist (vanished?)", path=str(path)) from exc
+        except OSError as exc:
+            raise LocalFileError(f"cannot read {str(path)!r}: {exc.strerror}", path=str(path)) from exc
+        try:
+            st = os.fstat(f.fileno())
+            if st.st_size < self.settings.multipart_threshold:
+                result = self._put_small(f, st, path, res, remote)
+            else:
+                result = self._put_multipart(f, st, path, res, remote)
+            after = os.fstat(f.fileno())
+            if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or _changed_on_disk(path, st):
+                raise _FileChangedError(f"{str(path)!r} changed during upload", path=str(path))
+        finally:
+            f.close()
+        ms = int((time.monotonic() - started) * 1000)
+        return UploadResult(
+            key=result.key,
+            path=path,
+            bytes=result.bytes,
+            sha256=result.sha256,
+            etag=result.etag,
+            skipped=result.skipped,
+            multipart=result.multipart,
+            duration_ms=ms,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+        )
+
+    def _remote(self, key: str, remote: RemoteObject | None | _Unknown) -> RemoteObject | None:
+        return self.head(key) if isinstance(remote, _Unknown) else remote
+
+    def _put_small(
+        self, f: Any, st: os.stat_result, path: Path, res: Resource, remote: RemoteObject | None | _Unknown
+    ) -> UploadResult:
+        data = f.read()
+        if len(data) != st.st_size:
+            raise _FileChangedError(f"{str(path)!r} changed while read", path=str(path))
+        md5 = hashlib.md5(data, usedforsecurity=False)
+        sha = hashlib.sha256(data).hexdigest()
+        known = self._remote(res.key, remote)
+        if known is not None and known.size == len(data) and not known.sha256 and not known.etag_is_md5:
+            known = self.head(res.key)  # listing said "same size" but cannot tell content: ask for metadata
+        if known is not None and known.same_content(len(data), sha, md5.hexdigest()):
+            return UploadResult(res.key, path, 0, sha, known.etag, True, False, 0)
+        try:
+            resp = self.client.put_object(
+                Bucket=self.bucket,
+                Key=res.key,
+                Body=data,
+                ContentMD5=_b64(md5.digest()),
+                ContentType=content_type_for(res.name),
+                Metadata={META_SHA256: sha},
+            )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+            raise translate(exc, action="PUT", bucket=self.bucket, key=res.key, kind=UploadError) from exc
+        etag = _unquote(resp.get("ETag"))
+        if len(etag) == 32 and "-" not in etag and etag != md5.hexdigest():
+            raise IntegrityError(
+                f"PUT s3://{self.bucket}/{res.key}: stored ETag {etag} is not our MD5", bucket=self.bucket, key=res.key
+            )
+        return UploadResult(res.key, path, len(data), sha, etag, False, False, 0)
+
+    def _put_multipart(
+        self, f: Any, st: os.stat_result, path: Path, res: Resource, remote: RemoteObject | None | _Unknown
+    ) -> UploadResult:
+        size = st.st_size
+        sha = hash_file(path, md5=False)
+        if sha.size != size:
+            raise _FileChangedError(f"{str(path)!r} changed while hashed", path=str(path))
+        known = self._remote(res.key, remote)
+        if known is not None and known.size == size and known.sha256 is None:
+            known = self.head(res.key)
+        if known is not None and known.same_content(size, sha.sha256, None):
+            return UploadResult(res.key, path, 0, sha.sha256, known.etag, True, True, 0)
+        chunk = max(self.settings.multipart_chunksize, math.ceil(size / _MAX_PARTS))
+        nparts = max(1, math.ceil(size / chunk))
+        try:
+            mpu = self.client.create_multipart_upload(
+                Bucket=self.bucket,
+                Key=res.key,
+                ContentType=content_type_for(res.name),
+                Metadata={META_SHA256: sha.sha256},
+            )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+            raise translate(exc, action="CreateMultipartUpload", bucket=self.bucket, key=res.key, kind=UploadError) from exc
+        upload_id = mpu["UploadId"]
+        if self.tracker is not None:
+            self.tracker.add_multipart(upload_id, res.key)
+        fd = f.fileno()
+
+        def send_part(number: int) -> tuple[int, str, bytes]:
+            if self._closed.is_set():
+                raise UploadError("transport closed", key=res.key)
+            offset = (number - 1) * chunk
+            data = os.pread(fd, min(chunk, size - offset), offset)
+            digest = hashlib.md5(data, usedforsecurity=False).digest()
+            resp = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=res.key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ContentMD5=_b64(digest),
+            )
+            etag = _unquote(resp.get("ETag"))
+            if len(etag) == 32 and etag != digest.hex():
+                raise IntegrityError(f"part {number} of {res.key}: ETag mismatch", key=res.key)
+            return number, etag, digest
+
+        futures: list[Future[tuple[int, str, bytes]]] = []
+        try:
+            futures.extend(self._parts.submit(send_part, n) for n in range(1, nparts + 1))
+            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for fut in pending:
+                fut.cancel()
+            parts = sorted(fut.result() for fut in futures)  # re-raises the first failure
+            resp = self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=res.key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": f'"{e}"'} for n, e, _ in parts]},
+            )
+        except BaseException as exc:
+            for fut in futures:
+                fut.cancel()
+            wait(futures)
+            self._abort(res.key, upload_id)
+            if isinstance(exc, botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError | OSError):
+                raise translate(exc, action="multipart PUT", bucket=self.bucket, key=res.key, kind=UploadError) from exc
+            raise
+        if self.tracker is not None:
+            self.tracker.remove_multipart(upload_id)
+        etag = _unquote(resp.get("ETag"))
+        expected = hashlib.md5(b"".join(d for _, _, d in parts), usedforsecurity=False).hexdigest() + f"-{nparts}"
+        if etag.endswith(f"-{nparts}") and etag != expected:
+            raise IntegrityError(f"multipart {res.key}: ETag {etag} != expected {expected}", key=res.key)
+        return UploadResult(res.key, path, size, sha.sha256, etag, False, True, 0)
+
+    def _abort(self, key: str, upload_id: str) -> bool:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except botocore.exceptions.ClientError as exc:
+            code, status = _error_code(exc)
+            if status != 404 and code != "NoSuchUpload":
+                return False  # still open: the tracker keeps it and the next start-up retries
+        except (botocore.exceptions.BotoCoreError, OSError):
+            return False
+        if self.tracker is not None:
+            self.tracker.remove_multipart(upload_id)
+        return True
+
+    def abort_multipart(self, key: str, upload_id: str) -> bool:
+        """Abort one multipart upload (one a crashed run left open); True when it is gone."""
+        return self._abort(key, upload_id)
+
+    # --- download ------------------------------------------------------------------------
+    def download(self, item: Resource | str) -> Path:
+        """Download a resource (by :class:`Resource` or name) to ``S3_LOCAL_PATH/<key>``; return the path."""
+        key = item.key if isinstance(item, Resource) else self.resource(item).key
+        return self.download_key(key).path
+
+    def download_key(
+        self,
+        key: str,
+        *,
+        remote: RemoteObject | None | _Unknown = UNKNOWN,
+        progress: Callable[[int], None] | None = None,
+    ) -> DownloadResult:
+        """Download ``key`` to its place under the mirror folder, atomically, unless already identical.
+
+        ``remote`` (from a listing) saves a HEAD; the local copy is compared by size and hash.
+        """
+        started = time.monotonic()
+        segments = key_to_relpath(key)
+        root = self.settings.local_path
+        target = root.joinpath(*segments)
+        existing = lstat_under(root, segments)
+        if existing is not None:
+            known = self._remote(key, remote)
+            if known is None:
+                raise NotFoundError(f"GET s3://{self.bucket}/{key}: no such object", bucket=self.bucket, key=key)
+            if existing.st_size == known.size:
+                if known.sha256 is None and not known.etag_is_md5:
+                    known = self.head(key) or known
+                local = hash_file(target, md5=not known.sha256)
+                if known.same_content(local.size, local.sha256, local.md5 or None):
+                    return DownloadResult(key, target, 0, local.sha256, known.etag, True, 0)
+        return self._get(key, segments, started, progress)
+
+    def _get(
+        self, key: str, segments: tuple[str, ...], started: float, progress: Callable[[int], None] | None
+    ) -> DownloadResult:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+            raise translate(exc, action="GET", bucket=self.bucket, key=key, kind=DownloadError) from exc
+        length = int(resp.get("ContentLength", -1))
+        etag = _unquote(resp.get("ETag"))
+        want_sha = _metadata_sha256(resp.get("Metadata"))
+        sha = hashlib.sha256() if want_sha else None
+        md5 = hashlib.md5(usedforsecurity=False) if (not want_sha and len(etag) == 32 and "-" not in etag) else None
+        body = resp["Body"]
+        try:
+            with AtomicWriter(self.settings.local_path, segments) as w:
+                try:
+                    while chunk := body.read(_READ_CHUNK):
+                        w.write(chunk)
+                        if sha is not None:
+                            sha.update(chunk)
+                        if md5 is not None:
+                            md5.update(chunk)
+                        if progress is not None:
+                            progress(len(chunk))
+                except (botocore.exceptions.BotoCoreError, OSError) as exc:
+                    raise translate(exc, action="GET", bucket=self.bucket, key=key, kind=DownloadError) from exc
+                n = w.bytes_written
+                if length >= 0 and n != length:
+                    raise IntegrityError(
+                        f"GET s3://{self.bucket}/{key}: got {n} bytes, expected {length}", bucket=self.bucket, key=key
+                    )
+                if sha is not None and sha.hexdigest() != want_sha:
+                    raise IntegrityError(
+                        f"GET s3://{self.bucket}/{key}: SHA-256 mismatch (corrupted in transit)",
+                        bucket=self.bucket,
+                        key=key,
+                    )
+                if md5 is not None and md5.hexdigest() != etag:
+                    raise IntegrityError(
+                        f"GET s3://{self.bucket}/{key}: MD5 does not match the ETag (corrupted in transit)",
+                        bucket=self.bucket,
+                        key=key,
+                    )
+                path = w.commit()
+        finally:
+            body.close()
+        ms = int((time.monotonic() - started) * 1000)
+        return DownloadResult(key, path, n, sha.hexdigest() if sha else want_sha, etag, False, ms)
+
+
+def _changed_on_disk(path: Path, st: os.stat_result) -> bool:
+    """True if ``path`` now names a different file (replaced by a rename) or is gone."""
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False  # vanished after a complete read: the bytes we sent were consistent
+    return (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev)

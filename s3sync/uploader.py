@@ -1,0 +1,467 @@
+"""The upload side of the daemon: hints -> ready check -> queue -> transfer -> state.
+
+One dispatcher thread owns a schedule of pending files (a heap of due times). It checks
+each due file for readiness (complete, or settled), hands ready files to a pool of
+``S3_MAX_CONCURRENCY`` workers, and puts failed ones back with exponential backoff and
+jitter: nothing is dropped while the daemon runs. A path is never in flight twice; a hint
+arriving while it is in flight is remembered and handled after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import os
+import random
+import shutil
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from s3sync.errors import (
+    ConfigurationError,
+    IntegrityError,
+    InvalidNameError,
+    LocalFileError,
+    S3SyncError,
+    StateError,
+)
+from s3sync.localfs import hash_file
+from s3sync.plan import LocalStat, UploadAction, backoff_delay, is_ignored_name, plan_upload, ready_to_upload
+from s3sync.resource import Resource
+from s3sync.settings import Settings
+from s3sync.state import State, UploadRecord
+from s3sync.transport import UNKNOWN, RemoteObject, Transport, UploadResult
+
+__all__ = ["Uploader", "UploaderStats"]
+
+log = structlog.get_logger("s3sync")
+
+_POLL = 0.25  # how often a settling file is re-checked (seconds)
+_ONE_SHOT_ATTEMPTS = 4
+
+
+@dataclass
+class UploaderStats:
+    """Counters for status lines and the summary of ``s3sync sync``."""
+
+    queued: int = 0
+    uploaded: int = 0
+    skipped: int = 0
+    rejected: int = 0
+    failed: int = 0
+    failed_final: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class _Item:
+    rel: str
+    path: Path
+    hint: str
+    due: float
+    attempt: int = 0
+    seen: tuple[int, int] | None = None
+    stable_since: float = 0.0
+    remote: Any = field(default=UNKNOWN)
+
+
+class Uploader:
+    """Upload every validly named file of the upload folder, once, completely."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport,
+        state: State,
+        *,
+        one_shot: bool = False,
+        dry_run: bool = False,
+        on_result: Callable[[str, int], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.state = state
+        self.root = settings.upload_dir_path
+        self.one_shot = one_shot
+        self.dry_run = dry_run
+        self.stats = UploaderStats()
+        self.heartbeat = time.monotonic()
+        self._on_result = on_result
+        self._rng = rng or random.Random()
+        self._cond = threading.Condition()
+        self._items: dict[str, _Item] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._inflight: set[str] = set()
+        self._dirty: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="s3sync-upload")
+        self._thread: threading.Thread | None = None
+        self._excluded = [p for p in (settings.done_dir, settings.rejected_dir) if p is not None]
+        self._excluded.append(settings.state_path.parent)
+
+    # --- inputs ------------------------------------------------------------------------------
+    def ignored(self, path: Path) -> bool:
+        """True for paths the daemon never uploads: hidden, temporary, or its own folders."""
+        try:
+            rel = path.relative_to(self.root)
+        except ValueError:
+            return True
+        if any(part.startswith(".") for part in rel.parts) or is_ignored_name(path.name):
+            return True
+        return any(path == ex or ex in path.parents for ex in self._excluded if ex != self.root)
+
+    def notify(self, path: Path, hint: str, *, remote: RemoteObject | None | object = UNKNOWN) -> None:
+        """A hint about ``path`` (from the watcher or a scan)."""
+        if self.ignored(path):
+            return
+        if hint == "dir":
+            for child in self._walk(path):
+                self.notify(child, "scan")
+            return
+        rel = str(path.relative_to(self.root))
+        with self._cond:
+            if hint == "deleted":
+                item = self._items.pop(rel, None)
+                if item is not None:
+                    self.stats.queued -= 1
+                return
+            if rel in self._inflight:
+                self._dirty[rel] = hint
+                return
+            now = time.monotonic()
+            item = self._items.get(rel)
+            if item is None:
+                item = _Item(rel, path, hint, now, stable_since=now, remote=remote)
+                self._items[rel] = item
+                self.stats.queued += 1
+                if hint not in {"scan"}:
+                    log.debug("upload.queued", path=rel, hint=hint)
+            else:
+                if hint in {"closed", "moved"} or item.hint not in {"closed", "moved"}:
+                    item.hint = hint
+                item.remote = UNKNOWN if remote is UNKNOWN else remote
+                if item.attempt == 0:
+                    item.due = now
+            self._push(item)
+
+    def _push(self, item: _Item) -> None:
+        heapq.heappush(self._heap, (item.due, next(self._seq), item.rel))
+        self._cond.notify()
+
+    def _walk(self, top: Path) -> Iterator[Path]:
+        stack = [top]
+        while stack:
+            folder = stack.pop()
+            try:
+                with os.scandir(folder) as it:
+                    for entry in it:
+                        p = Path(entry.path)
+                        if self.ignored(p):
+                            continue
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(p)
+                        elif entry.is_file(follow_symlinks=False):
+                            yield p
+            except OSError:
+                continue
+
+    def scan(self, *, remote_lookup: Callable[[str], RemoteObject | None] | None = None) -> int:
+        """Queue every file the state does not know as uploaded with its current stat; return the count.
+
+        This is the start-up catch-up and the periodic rescan that repairs missed events.
+        ``remote_lookup`` (key -> listed object) saves a HEAD per new file.
+        """
+        count = 0
+        for path in self._walk(self.root):
+            rel = str(path.relative_to(self.root))
+            with self._cond:
+                if rel in self._items or rel in self._inflight:
+                    continue
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            rec = self.state.get_upload(rel)
+            action = plan_upload(LocalStat(st.st_size, st.st_mtime_ns), *_rec(rec))
+            if action is UploadAction.IGNORE_REJECTED:
+                continue
+            if action is UploadAction.SKIP and self.settings.after_upload == "keep":
+                continue
+            remote: RemoteObject | None | object = UNKNOWN
+            if remote_lookup is not None:
+                with contextlib.suppress(InvalidNameError):
+                    remote = remote_lookup(Resource(path.name, settings=self.settings).key)
+            self.notify(path, "scan", remote=remote)
+            count += 1
+        return count
+
+    # --- the dispatcher --------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the dispatcher thread."""
+        self._thread = threading.Thread(target=self._dispatch_loop, name="s3sync-dispatch", daemon=True)
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        """Whether the dispatcher thread runs and has ticked recently."""
+        return (
+            self._thread is not None and self._thread.is_alive() and time.monotonic() - self.heartbeat < 30.0
+        )
+
+    def pending(self) -> int:
+        """Files queued or in flight."""
+        with self._cond:
+            return len(self._items) + len(self._inflight)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is queued or in flight (True), or ``timeout`` passes (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._items or self._inflight:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(timeout=0.2 if remaining is None else min(0.2, remaining))
+        return True
+
+    def stop(self, timeout: float) -> bool:
+        """Stop dispatching; let in-flight uploads finish within ``timeout``, else abort them.
+
+        Returns True when every in-flight upload finished.
+        """
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._inflight and time.monotonic() < deadline:
+                self._cond.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+            clean = not self._inflight
+        if not clean:
+            self.transport.close()  # parts stop; open multipart uploads are aborted
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        return clean
+
+    def _dispatch_loop(self) -> None:
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            try:
+                self._dispatch_due()
+            except Exception:  # noqa: BLE001 - the loop must survive anything; the event says what
+                log.exception("upload.dispatch_error")
+                self._stop.wait(1.0)
+
+    def _dispatch_due(self) -> None:
+        with self._cond:
+            now = time.monotonic()
+            while self._heap and len(self._inflight) < self.settings.max_concurrency:
+                due, _, rel = self._heap[0]
+                item = self._items.get(rel)
+                if item is None or item.due != due:
+                    heapq.heappop(self._heap)  # stale entry
+                    continue
+                if due > now:
+                    break
+                heapq.heappop(self._heap)
+                if self._ready(item, now):
+                    del self._items[rel]
+                    self.stats.queued -= 1
+                    self._inflight.add(rel)
+                    self._pool.submit(self._run_item, item)
+                elif rel in self._items:
+                    item.due = now + _POLL
+                    self._push(item)
+            wait = 0.5
+            if self._heap:
+                wait = max(0.0, min(wait, self._heap[0][0] - now))
+            self._cond.wait(timeout=wait)
+
+    def _ready(self, item: _Item, now: float) -> bool:
+        try:
+            st = item.path.lstat()
+        except FileNotFoundError:
+            self._items.pop(item.rel, None)
+            self.stats.queued -= 1
+            return False
+        except OSError:
+            return True  # let the worker report it
+        if not stat.S_ISREG(st.st_mode):
+            self._items.pop(item.rel, None)
+            self.stats.queued -= 1
+            if stat.S_ISLNK(st.st_mode):
+                log.info("upload.skipped", path=item.rel, reason="symlink (not followed)")
+            return False
+        if item.seen != (st.st_size, st.st_mtime_ns):
+            if item.seen is not None and item.hint in {"closed", "moved"}:
+                item.hint = "modified"  # it changed again after "complete": wait for it to settle
+            item.seen = (st.st_size, st.st_mtime_ns)
+            item.stable_since = now
+        return ready_to_upload(
+            hint=item.hint,
+            age_seconds=time.time() - st.st_mtime_ns / 1e9,
+            stable_seconds=now - item.stable_since,
+            settle_seconds=self.settings.settle_seconds,
+        )
+
+    # --- the workers -------------------------------------------------------------------------
+    def _run_item(self, item: _Item) -> None:
+        retry: float | None = None
+        try:
+            self._process(item)
+        except (ConfigurationError, S3SyncError, OSError) as exc:
+            retry = self._failed(item, exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker or drop the file
+            log.exception("upload.failed", path=item.rel, error=f"{type(exc).__name__}: {exc}")
+            retry = self._failed(item, exc)
+        finally:
+            with self._cond:
+                self._inflight.discard(item.rel)
+                again = self._dirty.pop(item.rel, None)
+                if retry is not None and not self._stop.is_set():
+                    item.due = time.monotonic() + retry
+                    item.hint = "scan" if item.hint not in {"closed", "moved"} else item.hint
+                    item.remote = UNKNOWN
+                    self._items[item.rel] = item
+                    self.stats.queued += 1
+                    self._push(item)
+                self._cond.notify_all()
+            if again is not None and not self._stop.is_set():
+                self.notify(item.path, again)
+
+    def _failed(self, item: _Item, exc: BaseException) -> float | None:
+        item.attempt += 1
+        self.stats.failed += 1
+        error = str(exc) if isinstance(exc, S3SyncError) else f"{type(exc).__name__}: {exc}"
+        final = self.one_shot and item.attempt >= _ONE_SHOT_ATTEMPTS
+        if isinstance(exc, FileNotFoundError) or (isinstance(exc, LocalFileError) and not item.path.exists()):
+            log.info("upload.skipped", path=item.rel, reason="vanished")
+            return None
+        delay = backoff_delay(item.attempt, base=self.settings.retry_base, cap=self.settings.retry_cap, rng=self._rng)
+        if self.one_shot:
+            delay = min(delay, 2.0)
+        if self._on_result is not None:
+            self._on_result("failed", 0)
+        if final:
+            self.stats.failed_final += 1
+            log.error("upload.failed", path=item.rel, error=error, attempt=item.attempt, retry_in=None, final=True)
+            return None
+        log.warning("upload.failed", path=item.rel, error=error, attempt=item.attempt, retry_in=round(delay, 2))
+        return delay
+
+    def _process(self, item: _Item) -> None:
+        path, rel = item.path, item.rel
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return
+        if not stat.S_ISREG(st.st_mode):
+            return
+        local = LocalStat(st.st_size, st.st_mtime_ns)
+        rec = self.state.get_upload(rel)
+        try:
+            res = Resource(path.name, settings=self.settings)
+        except InvalidNameError as exc:
+            self._reject(path, rel, local, rec, exc.reason)
+            return
+        action = plan_upload(local, *_rec(rec))
+        if rec is not None and rec.status == "uploaded" and rec.key == res.key:
+            if action is UploadAction.SKIP:
+                self._after_upload(path, rel, rec.key, local, rec.sha256 or "", rec.etag or "")
+                return
+            if action is UploadAction.VERIFY and hash_file(path, md5=False).sha256 == rec.sha256:
+                self.state.record_uploaded(rel, local.size, local.mtime_ns, rec.sha256 or "", res.key, rec.etag or "")
+                self._after_upload(path, rel, res.key, local, rec.sha256 or "", rec.etag or "")
+                return
+        if self.dry_run:
+            log.info("upload.would_upload", path=rel, key=res.key, bytes=local.size)
+            self.stats.uploaded += 1
+            return
+        log.info("upload.started", path=rel, key=res.key, bytes=local.size, attempt=item.attempt + 1)
+        result = self.transport.upload(path, remote=item.remote)
+        self._record(rel, result)
+        self._after_upload(path, rel, result.key, LocalStat(result.size, result.mtime_ns), result.sha256, result.etag)
+
+    def _record(self, rel: str, result: UploadResult) -> None:
+        self.state.record_uploaded(rel, result.size, result.mtime_ns, result.sha256, result.key, result.etag)
+        if result.skipped:
+            self.stats.skipped += 1
+            log.info("upload.skipped", path=rel, key=result.key, reason="same content already in the bucket")
+            if self._on_result is not None:
+                self._on_result("skipped", 0)
+        else:
+            self.stats.uploaded += 1
+            self.stats.bytes += result.bytes
+            log.info(
+                "upload.succeeded",
+                path=rel,
+                key=result.key,
+                bytes=result.bytes,
+                duration_ms=result.duration_ms,
+                multipart=result.multipart,
+            )
+            if self._on_result is not None:
+                self._on_result("succeeded", result.bytes)
+
+    def _reject(self, path: Path, rel: str, local: LocalStat, rec: UploadRecord | None, reason: str) -> None:
+        if rec is not None and rec.status == "rejected" and (rec.size, rec.mtime_ns) == (local.size, local.mtime_ns):
+            return
+        self.stats.rejected += 1
+        if self._on_result is not None:
+            self._on_result("rejected", 0)
+        if self.dry_run:
+            log.info("upload.would_reject", path=rel, reason=reason)
+            return
+        moved_to = None
+        if self.settings.rejected_dir is not None:
+            moved_to = self._move(path, self.settings.rejected_dir / rel)
+        log.warning("upload.rejected", path=rel, reason=reason, moved_to=str(moved_to) if moved_to else None)
+        if moved_to is None:
+            self.state.record_rejected(rel, local.size, local.mtime_ns, reason)
+
+    def _after_upload(self, path: Path, rel: str, key: str, local: LocalStat, sha256: str, etag: str) -> None:
+        policy = self.settings.after_upload
+        if policy == "keep" or self.dry_run:
+            return
+        if not self.transport.confirm(key, local.size, sha256, etag):
+            raise IntegrityError(f"s3://{self.transport.bucket}/{key} could not be confirmed; {rel} kept", key=key)
+        try:
+            now = path.lstat()
+        except FileNotFoundError:
+            return
+        if (now.st_size, now.st_mtime_ns) != (local.size, local.mtime_ns):
+            return  # changed since the upload: it will be uploaded again, then handled
+        if policy == "move" and self.settings.done_dir is not None:
+            moved = self._move(path, self.settings.done_dir / rel)
+            log.info("upload.moved", path=rel, key=key, to=str(moved))
+        elif policy == "delete":
+            path.unlink()
+            log.info("upload.deleted", path=rel, key=key)
+        with contextlib.suppress(StateError):
+            self.state.forget_upload(rel)
+
+    @staticmethod
+    def _move(path: Path, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, dest)
+        except OSError:
+            shutil.move(str(path), str(dest))
+        return dest
+
+
+def _rec(rec: UploadRecord | None) -> tuple[str | None, LocalStat | None]:
+    if rec is None:
+        return None, None
+    return rec.status, LocalStat(rec.size, rec.mtime_ns)

@@ -1,0 +1,161 @@
+"""File events -> hints on a sink. The only module that imports watchdog; no network I/O.
+
+Events are hints, not truth: inotify drops events on queue overflow, network filesystems
+send none, and an exception in a handler kills watchdog's observer thread. So the handler
+never raises, the service restarts a dead observer (``watcher.restarted``), and a periodic
+rescan of the folder is the source of truth.
+
+Hints passed to the sink: ``closed`` (close after write: complete), ``moved`` (renamed into
+the folder: complete), ``created`` / ``modified`` (still being written, maybe), ``deleted``
+and ``dir`` (a folder appeared: scan it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.polling import PollingObserver
+
+__all__ = ["Sink", "Watcher"]
+
+Sink = Callable[[Path, str], None]
+log = structlog.get_logger("s3sync.watcher")
+
+
+def _inotify_observer() -> Any:
+    # Full events: a file renamed into the folder from outside arrives as a move ("moved"),
+    # not as a create we could not tell from a file being written.
+    from watchdog.observers.inotify import InotifyObserver  # noqa: PLC0415 - Linux only
+
+    return InotifyObserver(generate_full_events=True)
+
+
+def _polling_observer() -> Any:
+    return PollingObserver(timeout=1.0)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, sink: Sink, ignore: Callable[[Path], bool], on_event: Callable[[], None]) -> None:
+        self._sink = sink
+        self._ignore = ignore
+        self._on_event = on_event
+
+    def _emit(self, path: str | bytes, hint: str) -> None:
+        if not path:
+            return
+        p = Path(path.decode() if isinstance(path, bytes) else path)
+        if not self._ignore(p):
+            self._sink(p, hint)
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            self._on_event()
+            self._dispatch(event)
+        except Exception:  # noqa: BLE001 - an exception here would kill the observer thread
+            log.exception("watcher.handler_error", event_type=event.event_type)
+
+    def _dispatch(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileClosedEvent):
+            self._emit(event.src_path, "closed")
+        elif isinstance(event, FileMovedEvent):
+            self._emit(event.src_path, "deleted")
+            self._emit(event.dest_path, "moved")
+        elif isinstance(event, DirMovedEvent):
+            self._emit(event.dest_path, "dir")
+        elif isinstance(event, DirCreatedEvent):
+            self._emit(event.src_path, "dir")
+        elif isinstance(event, FileCreatedEvent):
+            self._emit(event.src_path, "created")
+        elif isinstance(event, FileModifiedEvent):
+            self._emit(event.src_path, "modified")
+        elif isinstance(event, FileDeletedEvent):
+            self._emit(event.src_path, "deleted")
+
+
+class Watcher:
+    """Watch ``root`` recursively and pass hints to ``sink``.
+
+    ``mode`` is ``auto`` (inotify where available, else polling), ``inotify`` or ``polling``.
+    ``observer_factory`` replaces the observer construction (tests, other platforms).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        sink: Sink,
+        *,
+        mode: str = "auto",
+        ignore: Callable[[Path], bool] = lambda p: False,
+        observer_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        self.root = root
+        self.mode = mode
+        self._sink = sink
+        self._ignore = ignore
+        self._factory = observer_factory or self._default_factory
+        self._observer: Any = None
+        self._lock = threading.Lock()
+        self.last_event: float | None = None
+        self.kind = ""
+
+    def _default_factory(self) -> Any:
+        if self.mode == "polling":
+            return _polling_observer()
+        try:
+            return _inotify_observer()
+        except (ImportError, OSError):
+            if self.mode == "inotify":
+                raise
+            return _polling_observer()
+
+    def _touch(self) -> None:
+        self.last_event = time.time()
+
+    def start(self) -> None:
+        """Start observing (raises OSError when the folder cannot be watched)."""
+        with self._lock:
+            observer = self._factory()
+            observer.schedule(_Handler(self._sink, self._ignore, self._touch), str(self.root), recursive=True)
+            observer.daemon = True
+            observer.start()
+            self._observer = observer
+            self.kind = type(observer).__name__
+
+    def stop(self) -> None:
+        """Stop observing and join the observer thread."""
+        with self._lock:
+            observer, self._observer = self._observer, None
+        if observer is not None:
+            with contextlib.suppress(Exception):
+                observer.stop()
+                observer.join(timeout=5)
+
+    def is_alive(self) -> bool:
+        """Whether the observer thread (and its emitters) still run."""
+        observer = self._observer
+        if observer is None or not observer.is_alive():
+            return False
+        emitters = getattr(observer, "emitters", ())
+        return all(e.is_alive() for e in emitters)
+
+    def restart(self) -> None:
+        """Replace a dead observer with a new one."""
+        self.stop()
+        self.start()
