@@ -82,9 +82,7 @@ def _errors() -> Iterator[None]:
 def _settings(**overrides: Any) -> Settings:
     settings = load_settings(_ctx.env_file, **overrides)
     secrets = [
-        s.get_secret_value()
-        for s in (settings.aws_access_key_id, settings.aws_secret_access_key)
-        if s is not None
+        s.get_secret_value() for s in (settings.aws_access_key_id, settings.aws_secret_access_key) if s is not None
     ]
     configure_logging(settings.log_format, "debug" if _ctx.debug else settings.log_level, secrets=secrets)
     return settings
@@ -119,7 +117,7 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Parse resource names and print their fields, or why a name is invalid."""
-    from s3sync.resource import Resource  # noqa: PLC0415
+    from s3sync.resource import Resource
 
     with _errors():
         settings = _settings()
@@ -147,7 +145,7 @@ def check(
 @app.command()
 def upload(paths: Annotated[list[Path], typer.Argument(help="Files to upload (their names give the keys).")]) -> None:
     """Upload files to their keys; prints each key (or that it was already there)."""
-    from s3sync.transport import Transport  # noqa: PLC0415
+    from s3sync.transport import Transport
 
     with _errors():
         settings = _settings()
@@ -172,7 +170,7 @@ def upload(paths: Annotated[list[Path], typer.Argument(help="Files to upload (th
 @app.command()
 def download(names: Annotated[list[str], typer.Argument(help="Resource names to download.")]) -> None:
     """Download resources into S3_LOCAL_PATH; prints each local path."""
-    from s3sync.transport import Transport  # noqa: PLC0415
+    from s3sync.transport import Transport
 
     with _errors():
         settings = _settings()
@@ -198,7 +196,7 @@ def tree(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show the bucket (or a folder of it) as a tree."""
-    from s3sync.browser import Browser, FileTreeNode  # noqa: PLC0415
+    from s3sync.browser import Browser, FileTreeNode
 
     with _errors():
         settings = _settings()
@@ -207,10 +205,9 @@ def tree(
             root = browser.walk(path)
         finally:
             browser.transport.close()
-        if as_json or not out.is_terminal:
-            if as_json:
-                out.print(json.dumps(root.to_dict(), indent=2), markup=False, highlight=False)
-                return
+        if as_json:
+            out.print(json.dumps(root.to_dict(), indent=2), markup=False, highlight=False)
+            return
 
         def add(branch: Tree, node: FileTreeNode) -> None:
             for child in node:
@@ -245,7 +242,7 @@ def _maybe_local_server(settings: Settings, requested: bool) -> Iterator[Setting
     if not (requested or settings.local_server):
         yield settings
         return
-    from s3sync.localserver import DEMO_BUCKET, LocalServer  # noqa: PLC0415
+    from s3sync.localserver import DEMO_BUCKET, LocalServer
 
     data = Path(tempfile.gettempdir()) / "s3sync" / "demo-s3"
     server = LocalServer(data)
@@ -260,7 +257,7 @@ def _maybe_local_server(settings: Settings, requested: bool) -> Iterator[Setting
             mirror_interval=settings.mirror_interval if settings.mirror_interval != 60 else 10,
             local_server=True,
         )
-        from s3sync.transport import make_client  # noqa: PLC0415
+        from s3sync.transport import make_client
 
         client = make_client(demo)
         try:
@@ -304,7 +301,7 @@ def run(
     ] = False,
 ) -> None:
     """Run the sync daemon in the foreground (SIGTERM/SIGINT stop it, SIGHUP reloads settings)."""
-    from s3sync.service import Service  # noqa: PLC0415
+    from s3sync.service import Service
 
     with _errors():
         stop, reload = threading.Event(), threading.Event()
@@ -328,7 +325,7 @@ def run(
 
 
 def _progress_callback() -> tuple[Callable[[str, int], None], Callable[[], None]]:
-    from rich.live import Live  # noqa: PLC0415
+    from rich.live import Live
 
     counts: dict[str, int] = {}
     started = time.monotonic()
@@ -361,7 +358,7 @@ def sync(
     local_server: Annotated[bool, typer.Option("--local-server", help="Use the embedded local S3 server.")] = False,
 ) -> None:
     """One catch-up upload pass and one mirror pass, then exit (1 if any item failed)."""
-    from s3sync.service import Service  # noqa: PLC0415
+    from s3sync.service import Service
 
     if upload_only and mirror_only:
         err.print("s3sync: error: --upload-only and --mirror-only exclude each other", markup=False)
@@ -374,7 +371,7 @@ def sync(
             finish: Callable[[], None] = lambda: None  # noqa: E731
             if err.is_terminal and not dry_run:
                 update, finish = _progress_callback()
-            service = Service(settings, on_result=update)
+            service = Service(settings, on_result=update, read_only=dry_run)
             try:
                 summary = service.sync_once(upload=not mirror_only, mirror=not upload_only, dry_run=dry_run)
             finally:
@@ -401,7 +398,7 @@ def sync(
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Print the daemon's health from its state database."""
-    from s3sync.service import read_status  # noqa: PLC0415
+    from s3sync.service import read_status
 
     with _errors():
         settings = _settings()

@@ -67,7 +67,7 @@ class LocalServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         # rclone reads list flags from the environment as CSV: quote the pair.
-        env["RCLONE_AUTH_KEY"] = f"\"{self.access_key},{self.secret_key}\""
+        env["RCLONE_AUTH_KEY"] = f'"{self.access_key},{self.secret_key}"'
         env["RCLONE_CONFIG"] = os.devnull
         with open(self._log, "ab") as log:
             self._proc = subprocess.Popen(

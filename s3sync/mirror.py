@@ -82,7 +82,8 @@ class Mirror:
         prefix = self.settings.mirror_prefix
         pass_no = self.state.next_pass() if not self.dry_run else 0
         log.info("mirror.started", prefix=prefix, pass_no=pass_no)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.dry_run:
+            self.root.mkdir(parents=True, exist_ok=True)
         workers = self.settings.max_concurrency
         inflight: list[Future[None]] = []
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3sync-mirror") as pool:

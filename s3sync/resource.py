@@ -205,7 +205,7 @@ class Resource:
         if settings is None:
             # Compatibility with the original API: Resource('name.jpg') with settings from the
             # environment. Imported here so this module stays free of I/O at import time.
-            from s3sync.settings import load_settings  # noqa: PLC0415
+            from s3sync.settings import load_settings
 
             settings = load_settings()
         parsed = parse_name(name, settings.category_map.keys(), settings.allowed_extensions)

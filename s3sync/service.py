@@ -69,12 +69,14 @@ class Service:
         transport: Transport | None = None,
         environ: Mapping[str, str] | None = None,
         on_result: Callable[[str, int], None] | None = None,
+        read_only: bool = False,
     ) -> None:
         self.settings = settings
         self.environ = os.environ if environ is None else environ
         self.metrics = Metrics()
         self._on_result_extra = on_result
-        self.state = State(settings.state_path)
+        # A dry run must change nothing, not even create the state database.
+        self.state = State(settings.state_path, read_only=read_only)
         self.transport = transport if transport is not None else Transport(settings, tracker=self.state)
         if self.transport.tracker is None:
             self.transport.tracker = self.state
@@ -152,9 +154,9 @@ class Service:
         """For a large catch-up, one listing per top-level prefix replaces a HEAD per file."""
         count = 0
         prefixes: set[str] = set()
-        from s3sync.resource import Resource  # noqa: PLC0415
+        from s3sync.resource import Resource
 
-        for path in uploader._walk(self.settings.upload_dir_path):  # noqa: SLF001
+        for path in uploader._walk(self.settings.upload_dir_path):
             try:
                 key = Resource(path.name, settings=self.settings).key
             except S3SyncError:
@@ -241,7 +243,7 @@ class Service:
                 report = mirror.run_pass(stop)
                 self._last_mirror = report
                 self.metrics.mirror_completed(report.ok)
-            except Exception as exc:  # noqa: BLE001 - the loop survives; the event says what
+            except Exception as exc:
                 log.exception("mirror.failed", error=f"{type(exc).__name__}: {exc}")
                 self.metrics.mirror_completed(False)
             self._mirror_heartbeat = time.monotonic()

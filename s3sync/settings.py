@@ -128,6 +128,17 @@ class Settings(BaseSettings):
     local_server: bool = Field(False, description="Start an embedded rclone S3 server (demo).")
 
     # --- validators --------------------------------------------------------------------------
+    @field_validator("aws_access_key_id", "aws_secret_access_key", "region", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: object) -> object:
+        # An empty line in .env, or a credential file ending in a newline, is not a value.
+        if isinstance(v, SecretStr):
+            v = v.get_secret_value()
+        if isinstance(v, str):
+            v = v.strip()
+            return v or None
+        return v
+
     @field_validator("bucket_name")
     @classmethod
     def _check_bucket(cls, v: str | None) -> str | None:
@@ -159,9 +170,9 @@ class Settings(BaseSettings):
             try:
                 v = json.loads(v)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ValueError("must be a JSON object such as {\"B\": \"BACKGROUND\"}") from exc
+                raise ValueError('must be a JSON object such as {"B": "BACKGROUND"}') from exc
         if not isinstance(v, Mapping):
-            raise ValueError("must be a JSON object such as {\"B\": \"BACKGROUND\"}")
+            raise ValueError('must be a JSON object such as {"B": "BACKGROUND"}')  # noqa: TRY004 - pydantic wants ValueError
         return v
 
     @field_validator("category_map")
@@ -173,9 +184,7 @@ class Settings(BaseSettings):
             if not _CODE_RE.fullmatch(code):
                 raise ValueError(f"code {code[:20]!r} must be 1-4 upper-case letters")
             if not _CATEGORY_RE.fullmatch(category) or category in {".", ".."} or ".." in category:
-                raise ValueError(
-                    f"category for {code!r} must be 1-63 letters, digits, '_', '.', '-' (no '..', no '/')"
-                )
+                raise ValueError(f"category for {code!r} must be 1-63 letters, digits, '_', '.', '-' (no '..', no '/')")
         return v
 
     @field_validator("allowed_extensions", mode="before")
@@ -249,9 +258,7 @@ class Settings(BaseSettings):
     def _check_folders(self) -> Settings:
         up, mirror = self.upload_dir_path, self.local_path
         if _overlap(up, mirror):
-            raise ValueError(
-                "S3_UPLOAD_DIR_PATH and S3_LOCAL_PATH must be separate folders, neither inside the other"
-            )
+            raise ValueError("S3_UPLOAD_DIR_PATH and S3_LOCAL_PATH must be separate folders, neither inside the other")
         if self.after_upload == "move" and self.done_dir is None:
             raise ValueError("S3_AFTER_UPLOAD=move needs S3_DONE_DIR")
         for name, extra in (("S3_DONE_DIR", self.done_dir), ("S3_REJECTED_DIR", self.rejected_dir)):
@@ -334,7 +341,8 @@ def load_settings(
     if secrets_dir is not None and not Path(secrets_dir).is_dir():
         secrets_dir = None
     try:
-        return Settings(_env_file=env_file, _secrets_dir=secrets_dir, **overrides)
+        env_path = os.fspath(env_file) if env_file is not None else None
+        return Settings(_env_file=env_path, _secrets_dir=secrets_dir, **overrides)
     except ValidationError as exc:
         setting, message = _describe(exc)
         raise ConfigurationError(message, setting=setting) from None

@@ -153,7 +153,8 @@ class State:
 
     def count_uploads(self, status: str) -> int:
         """How many upload records have ``status``."""
-        return int(self._read("SELECT count(*) FROM uploads WHERE status = ?", (status,))[0][0])  # type: ignore[call-overload]
+        value = self._read("SELECT count(*) FROM uploads WHERE status = ?", (status,))[0][0]
+        return value if isinstance(value, int) else 0
 
     # --- multipart uploads in flight (aborted at start-up after a crash) --------------------
     def add_multipart(self, upload_id: str, key: str) -> None:

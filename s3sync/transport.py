@@ -364,7 +364,7 @@ class Transport:
         self,
         item: Resource | str | os.PathLike[str],
         *,
-        remote: RemoteObject | None | _Unknown = UNKNOWN,
+        remote: RemoteObject | _Unknown | None = UNKNOWN,
     ) -> UploadResult:
         """Upload a resource (by :class:`Resource`, name in the upload folder, or path) to its key.
 
@@ -381,7 +381,7 @@ class Transport:
                 continue
         raise UploadError(f"{str(path)!r} keeps changing while it is uploaded; try again later", path=str(path))
 
-    def _upload_once(self, path: Path, res: Resource, remote: RemoteObject | None | _Unknown) -> UploadResult:
+    def _upload_once(self, path: Path, res: Resource, remote: RemoteObject | _Unknown | None) -> UploadResult:
         started = time.monotonic()
         try:
             f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in finally, shared by part threads
@@ -414,11 +414,11 @@ class Transport:
             mtime_ns=st.st_mtime_ns,
         )
 
-    def _remote(self, key: str, remote: RemoteObject | None | _Unknown) -> RemoteObject | None:
+    def _remote(self, key: str, remote: RemoteObject | _Unknown | None) -> RemoteObject | None:
         return self.head(key) if isinstance(remote, _Unknown) else remote
 
     def _put_small(
-        self, f: Any, st: os.stat_result, path: Path, res: Resource, remote: RemoteObject | None | _Unknown
+        self, f: Any, st: os.stat_result, path: Path, res: Resource, remote: RemoteObject | _Unknown | None
     ) -> UploadResult:
         data = f.read()
         if len(data) != st.st_size:
@@ -449,7 +449,7 @@ class Transport:
         return UploadResult(res.key, path, len(data), sha, etag, False, False, 0)
 
     def _put_multipart(
-        self, f: Any, st: os.stat_result, path: Path, res: Resource, remote: RemoteObject | None | _Unknown
+        self, f: Any, st: os.stat_result, path: Path, res: Resource, remote: RemoteObject | _Unknown | None
     ) -> UploadResult:
         size = st.st_size
         sha = hash_file(path, md5=False)
@@ -470,7 +470,9 @@ class Transport:
                 Metadata={META_SHA256: sha.sha256},
             )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
-            raise translate(exc, action="CreateMultipartUpload", bucket=self.bucket, key=res.key, kind=UploadError) from exc
+            raise translate(
+                exc, action="CreateMultipartUpload", bucket=self.bucket, key=res.key, kind=UploadError
+            ) from exc
         upload_id = mpu["UploadId"]
         if self.tracker is not None:
             self.tracker.add_multipart(upload_id, res.key)
@@ -551,7 +553,7 @@ class Transport:
         self,
         key: str,
         *,
-        remote: RemoteObject | None | _Unknown = UNKNOWN,
+        remote: RemoteObject | _Unknown | None = UNKNOWN,
         progress: Callable[[int], None] | None = None,
     ) -> DownloadResult:
         """Download ``key`` to its place under the mirror folder, atomically, unless already identical.

@@ -121,7 +121,7 @@ class Uploader:
             return True
         return any(path == ex or ex in path.parents for ex in self._excluded if ex != self.root)
 
-    def notify(self, path: Path, hint: str, *, remote: RemoteObject | None | object = UNKNOWN) -> None:
+    def notify(self, path: Path, hint: str, *, remote: RemoteObject | object | None = UNKNOWN) -> None:
         """A hint about ``path`` (from the watcher or a scan)."""
         if self.ignored(path):
             return
@@ -198,7 +198,7 @@ class Uploader:
                 continue
             if action is UploadAction.SKIP and self.settings.after_upload == "keep":
                 continue
-            remote: RemoteObject | None | object = UNKNOWN
+            remote: RemoteObject | object | None = UNKNOWN
             if remote_lookup is not None:
                 with contextlib.suppress(InvalidNameError):
                     remote = remote_lookup(Resource(path.name, settings=self.settings).key)
@@ -214,9 +214,7 @@ class Uploader:
 
     def is_alive(self) -> bool:
         """Whether the dispatcher thread runs and has ticked recently."""
-        return (
-            self._thread is not None and self._thread.is_alive() and time.monotonic() - self.heartbeat < 30.0
-        )
+        return self._thread is not None and self._thread.is_alive() and time.monotonic() - self.heartbeat < 30.0
 
     def pending(self) -> int:
         """Files queued or in flight."""
@@ -259,7 +257,7 @@ class Uploader:
             self.heartbeat = time.monotonic()
             try:
                 self._dispatch_due()
-            except Exception:  # noqa: BLE001 - the loop must survive anything; the event says what
+            except Exception:
                 log.exception("upload.dispatch_error")
                 self._stop.wait(1.0)
 
@@ -322,7 +320,7 @@ class Uploader:
             self._process(item)
         except (ConfigurationError, S3SyncError, OSError) as exc:
             retry = self._failed(item, exc)
-        except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker or drop the file
+        except Exception as exc:
             log.exception("upload.failed", path=item.rel, error=f"{type(exc).__name__}: {exc}")
             retry = self._failed(item, exc)
         finally:

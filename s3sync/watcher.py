@@ -42,7 +42,7 @@ log = structlog.get_logger("s3sync.watcher")
 def _inotify_observer() -> Any:
     # Full events: a file renamed into the folder from outside arrives as a move ("moved"),
     # not as a create we could not tell from a file being written.
-    from watchdog.observers.inotify import InotifyObserver  # noqa: PLC0415 - Linux only
+    from watchdog.observers.inotify import InotifyObserver
 
     return InotifyObserver(generate_full_events=True)
 
@@ -68,7 +68,7 @@ class _Handler(FileSystemEventHandler):
         try:
             self._on_event()
             self._dispatch(event)
-        except Exception:  # noqa: BLE001 - an exception here would kill the observer thread
+        except Exception:
             log.exception("watcher.handler_error", event_type=event.event_type)
 
     def _dispatch(self, event: FileSystemEvent) -> None:
