@@ -282,8 +282,9 @@ class Uploader:
                     item.due = now + _POLL
                     self._push(item)
             wait = 0.5
-            if self._heap:
+            if self._heap and len(self._inflight) < self.settings.max_concurrency:
                 wait = max(0.0, min(wait, self._heap[0][0] - now))
+            # When every worker is busy, a finishing worker wakes us (no busy loop).
             self._cond.wait(timeout=wait)
 
     def _ready(self, item: _Item, now: float) -> bool:

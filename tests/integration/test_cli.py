@@ -1,0 +1,152 @@
+"""The `s3sync` command, run as a real subprocess against a real S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from s3sync.settings import Settings
+from tests.integration.daemon_helpers import list_keys, object_bytes, wait_for
+
+SECRET = "Sup3rSecretValue-do-not-print-0123456789"
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    """The S3_* environment that makes the CLI use ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "AWS_"))}
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    for name, value in settings.masked().items():
+        if value and "********" not in value:
+            env[name] = value
+    assert settings.aws_access_key_id and settings.aws_secret_access_key
+    env["S3_AWS_ACCESS_KEY_ID"] = settings.aws_access_key_id.get_secret_value()
+    env["S3_AWS_SECRET_ACCESS_KEY"] = settings.aws_secret_access_key.get_secret_value()
+    env.update(extra)
+    return env
+
+
+def s3sync(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `python -m s3sync ARGS`."""
+    return subprocess.run(
+        [sys.executable, "-m", "s3sync", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_check_valid_and_invalid_names(tmp_path):
+    """`check` prints fields for valid names, the reason for invalid ones, and exits 1 if any is invalid."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S3_")}
+    ok = s3sync("check", "--json", "CR01-047_B0001_320x320.JPG", env=env, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    fields = json.loads(ok.stdout)[0]
+    assert fields["code"] == "CR" and fields["category"] == "CATALOGUE-PRODUCT" and fields["size"] == [320, 320]
+    bad = s3sync("check", "--json", "B0001_DEFAULT.JPG", "XY0001_A.jpg", env=env, cwd=tmp_path)
+    assert bad.returncode == 1
+    results = json.loads(bad.stdout)
+    assert results[0]["valid"] and not results[1]["valid"]
+    assert "unknown category code" in results[1]["reason"]
+
+
+def test_bad_setting_is_one_line_exit_2(tmp_path):
+    """An invalid setting gives one line naming it, exit code 2, no traceback, no secret."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S3_")}
+    env.update({"S3_CATEGORY_MAP": "{not json", "S3_AWS_SECRET_ACCESS_KEY": SECRET})
+    r = s3sync("config", env=env, cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "S3_CATEGORY_MAP" in lines[0]
+    assert "Traceback" not in r.stderr and SECRET not in r.stderr + r.stdout
+
+
+def test_missing_bucket_is_configuration_error(tmp_path):
+    """Commands that need a bucket fail with exit 2 and say S3_BUCKET_NAME is not set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S3_")}
+    r = s3sync("download", "B0001_A.jpg", env=env, cwd=tmp_path)
+    assert r.returncode == 2
+    assert "S3_BUCKET_NAME" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_config_masks_secrets(make_settings, tmp_path):
+    """`config` shows the effective settings with the credentials masked."""
+    settings = make_settings()
+    env = env_for(settings, S3_AWS_SECRET_ACCESS_KEY=SECRET)
+    r = s3sync("config", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"S3_BUCKET_NAME={settings.bucket_name}" in r.stdout
+    assert "S3_AWS_SECRET_ACCESS_KEY=********" in r.stdout
+    assert SECRET not in r.stdout + r.stderr
+
+
+def test_env_file_option(make_settings, tmp_path):
+    """--env-file reads settings from the given file; a missing file is exit 2."""
+    env_file = tmp_path / "custom.env"
+    env_file.write_text("S3_BUCKET_NAME=from-env-file\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S3_")}
+    r = s3sync("--env-file", str(env_file), "config", "--json", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["S3_BUCKET_NAME"] == "from-env-file"
+    missing = s3sync("--env-file", str(tmp_path / "nope.env"), "config", env=env, cwd=tmp_path)
+    assert missing.returncode == 2 and "--env-file" in missing.stderr
+
+
+def test_upload_download_tree(make_settings, tmp_path):
+    """upload prints keys, download prints local paths, tree --json shows the bucket."""
+    settings = make_settings()
+    env = env_for(settings)
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "WF0001_RED_70x70.png"
+    f.write_bytes(b"png-bytes")
+    up = s3sync("upload", str(f), env=env, cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    assert "WRAPPING-FLOWER/WF0001/WF0001_RED_70x70.png" in up.stdout
+    down = s3sync("download", "WF0001_RED_70x70.png", env=env, cwd=tmp_path)
+    assert down.returncode == 0, down.stderr
+    assert Path(down.stdout.strip()).read_bytes() == b"png-bytes"
+    tree = s3sync("tree", "--json", env=env, cwd=tmp_path)
+    assert tree.returncode == 0, tree.stderr
+    data = json.loads(tree.stdout)
+    assert data["children"][0]["name"] == "WRAPPING-FLOWER"
+    missing = s3sync("tree", "NOPE", env=env, cwd=tmp_path)
+    assert missing.returncode == 1 and "no such folder" in missing.stderr
+    bad = s3sync("upload", str(src / "bad name.jpg"), env=env, cwd=tmp_path)
+    assert bad.returncode == 1 and "invalid resource name" in bad.stderr
+
+
+def test_sync_then_dry_run(make_settings, tmp_path):
+    """`sync` uploads and mirrors; `sync --dry-run` afterwards reports and changes nothing."""
+    settings = make_settings()
+    env = env_for(settings, S3_LOG_FORMAT="json")
+    (settings.upload_dir_path / "B0001_SYNC_1x1.jpg").write_bytes(b"sync")
+    r = s3sync("sync", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (settings.local_path / "BACKGROUND/B0001/B0001_SYNC_1x1.jpg").read_bytes() == b"sync"
+    (settings.upload_dir_path / "B0002_SYNC_1x1.jpg").write_bytes(b"new")
+    dry = s3sync("sync", "--dry-run", env=env, cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert "would upload 1" in dry.stderr
+    assert list_keys(settings) == ["BACKGROUND/B0001/B0001_SYNC_1x1.jpg"]
+
+
+def test_run_stops_on_sigterm(make_settings, tmp_path):
+    """`s3sync run` uploads a dropped file and exits 0 on SIGTERM, logging JSON events."""
+    settings = make_settings(mirror_interval=0)
+    env = env_for(settings, S3_LOG_FORMAT="json", S3_SETTLE_SECONDS="0.5")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "s3sync", "run"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(1.5)
+        (settings.upload_dir_path / "CM0001_RUN_1x1.gif").write_bytes(b"GIF89a")
+        wait_for(lambda: object_bytes(settings, "COMPOSITION/CM0001/CM0001_RUN_1x1.gif") == b"GIF89a", timeout=20)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    assert events[0] == "daemon.started" and events[-1] == "daemon.stopped"
+    assert "upload.succeeded" in events

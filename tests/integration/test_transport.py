@@ -1,0 +1,192 @@
+"""Transport and Browser against real S3 servers (moto_server and rclone serve s3), over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+
+import pytest
+
+from s3sync import Browser, FileTreeNode, Resource, Transport
+from s3sync.errors import EndpointError, IntegrityError, NotFoundError, UnsafeKeyError
+from s3sync.paths import TEMP_PREFIX
+from s3sync.transport import META_SHA256, make_client
+from tests.integration.daemon_helpers import counted_transport
+
+NAME = "CF0001-B0001_WHITE_320x320.jpg"
+
+
+def test_upload_download_round_trip(make_settings):
+    """A file uploaded by name comes back byte for byte at S3_LOCAL_PATH/<key>."""
+    settings = make_settings()
+    data = os.urandom(100_000)
+    (settings.upload_dir_path / NAME).write_bytes(data)
+    with Transport(settings) as t:
+        result = t.upload(NAME)
+        assert not result.skipped and result.bytes == len(data)
+        assert result.key == "CLIPPING-FLOWER/CF0001-B0001/" + NAME
+        path = t.download(Resource(NAME, settings=settings))
+    assert path == settings.local_path / result.key
+    assert path.read_bytes() == data
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+def test_upload_sets_content_type_and_hash_metadata(make_settings):
+    """The object gets Content-Type from the extension and the file's SHA-256 in its metadata."""
+    settings = make_settings()
+    data = b"<svg/>" * 100
+    path = settings.upload_dir_path / "F0001-B0001_320x320.SVG"
+    path.write_bytes(data)
+    with Transport(settings) as t:
+        t.upload(path)
+        head = t.client.head_object(Bucket=t.bucket, Key="VASE/F0001-B0001/F0001-B0001_320x320.SVG")
+    assert head["ContentType"] == "image/svg+xml"
+    meta = {k.lower(): v for k, v in head["Metadata"].items()}
+    assert meta[META_SHA256] == hashlib.sha256(data).hexdigest()
+
+
+def test_unchanged_upload_makes_no_put(make_settings):
+    """Uploading the same bytes again makes no PUT and says so."""
+    settings = make_settings()
+    (settings.upload_dir_path / NAME).write_bytes(os.urandom(5000))
+    transport, counter = counted_transport(settings)
+    with transport:
+        transport.upload(NAME)
+        counter.reset()
+        again = transport.upload(NAME)
+    assert again.skipped
+    assert counter.count("PutObject") == 0
+
+
+def test_unchanged_download_makes_no_get(make_settings):
+    """Downloading when the local copy is identical makes no GET."""
+    settings = make_settings()
+    (settings.upload_dir_path / NAME).write_bytes(os.urandom(5000))
+    transport, counter = counted_transport(settings)
+    with transport:
+        transport.upload(NAME)
+        transport.download(NAME)
+        counter.reset()
+        transport.download(NAME)
+    assert counter.count("GetObject") == 0
+
+
+def test_changed_remote_is_downloaded_again(make_settings):
+    """A changed object replaces the local copy."""
+    settings = make_settings()
+    with Transport(settings) as t:
+        key = Resource(NAME, settings=settings).key
+        t.client.put_object(Bucket=t.bucket, Key=key, Body=b"one")
+        t.download(NAME)
+        t.client.put_object(Bucket=t.bucket, Key=key, Body=b"two!")
+        path = t.download(NAME)
+    assert path.read_bytes() == b"two!"
+
+
+def test_multipart_upload_above_threshold(make_settings):
+    """A file above the threshold goes multipart, round-trips, and is then recognised as unchanged."""
+    mib = 1024 * 1024
+    settings = make_settings(multipart_threshold=5 * mib, multipart_chunksize=5 * mib)
+    data = os.urandom(12 * mib + 123)
+    path = settings.upload_dir_path / "B0001_BIG.png"
+    path.write_bytes(data)
+    transport, counter = counted_transport(settings)
+    with transport:
+        result = transport.upload(path)
+        assert result.multipart
+        assert counter.count("UploadPart") == 3
+        counter.reset()
+        assert transport.upload(path).skipped
+        assert counter.count("UploadPart") == 0
+        out = transport.download("B0001_BIG.png")
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert transport.client.list_multipart_uploads(Bucket=transport.bucket).get("Uploads", []) == []
+
+
+def test_missing_object_is_not_found(make_settings):
+    """Downloading a name that is not in the bucket raises NotFoundError and writes nothing."""
+    settings = make_settings()
+    with Transport(settings) as t, pytest.raises(NotFoundError, match="no such object"):
+        t.download("B0404_MISSING.jpg")
+    assert list(settings.local_path.rglob("*")) == []
+
+
+def test_unreachable_endpoint_is_a_clear_fast_error(make_settings):
+    """A closed port gives an EndpointError quickly, naming the problem, not a traceback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = make_settings(endpoint_url=f"http://127.0.0.1:{port}", connect_timeout=1, max_attempts=1)
+    (settings.upload_dir_path / NAME).write_bytes(b"x")
+    started = time.monotonic()
+    with Transport(settings) as t, pytest.raises(EndpointError, match="unreachable"):
+        t.upload(NAME)
+    assert time.monotonic() - started < 10
+
+
+def test_tree_walk_of_2500_objects(make_settings):
+    """Browser.walk paginates past 1,000 keys and builds DIR/FILE nodes."""
+    settings = make_settings()
+    client = make_client(settings)
+    bucket = settings.require_bucket()
+    keys = [f"BACKGROUND/B{i // 100:04d}/B{i // 100:04d}_{i:05d}.jpg" for i in range(2500)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: client.put_object(Bucket=bucket, Key=k, Body=b"x"), keys))
+    browser = Browser(settings)
+    root = browser.walk()
+    files = list(root.iter_files())
+    assert len(files) == 2500
+    assert root["BACKGROUND"].type == FileTreeNode.DIR
+    leaf = root["BACKGROUND"]["B0003"]["B0003_00345.jpg"]
+    assert leaf.type == FileTreeNode.FILE == FileTreeNode.File
+    assert leaf.size == 1 and leaf.path == "BACKGROUND/B0003/B0003_00345.jpg" and leaf.etag
+    sub = browser.walk("BACKGROUND/B0024")
+    assert sub.is_dir and len(sub) == 100
+    assert sum(1 for _ in browser.iter_objects("BACKGROUND/B001")) == 1000
+    browser.transport.close()
+
+
+def test_walk_missing_prefix_is_not_found(make_settings):
+    """Walking a prefix that does not exist is a clear NotFoundError."""
+    settings = make_settings()
+    with pytest.raises(NotFoundError, match="no such folder"):
+        Browser(settings).walk("NOPE/NOTHING")
+
+
+def test_download_rejects_corrupted_bytes(make_settings, s3_server):
+    """A download whose bytes do not match the stored SHA-256 fails and keeps the previous copy."""
+    from tests.support.faultproxy import Fault, FaultProxy
+
+    settings = make_settings()
+    data = os.urandom(20_000)
+    (settings.upload_dir_path / NAME).write_bytes(data)
+    with Transport(settings) as t:
+        t.upload(NAME)
+        good = t.download(NAME)
+        key = Resource(NAME, settings=settings).key
+        t.client.put_object(
+            Bucket=t.bucket, Key=key, Body=data[::-1], Metadata={META_SHA256: hashlib.sha256(data[::-1]).hexdigest()}
+        )
+    host, port = s3_server.endpoint.removeprefix("http://").split(":")
+    proxy = FaultProxy(host, int(port))
+    proxy.start()
+    try:
+        proxy.set_faults([Fault("flip_byte", match=lambda method, path, headers: method == "GET")])
+        bad = make_settings(endpoint_url=proxy.endpoint, max_attempts=1)
+        with Transport(bad) as t, pytest.raises(IntegrityError):
+            t.download(NAME)
+    finally:
+        proxy.stop()
+    assert good.read_bytes() == data
+    assert not [p for p in good.parent.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+def test_unsafe_key_download_refused(make_settings):
+    """download_key refuses keys that would escape the mirror folder."""
+    settings = make_settings()
+    with Transport(settings) as t, pytest.raises(UnsafeKeyError):
+        t.download_key("../../etc/passwd")
