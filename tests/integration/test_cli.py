@@ -57,8 +57,10 @@ def test_bad_setting_is_one_line_exit_2(tmp_path):
     env.update({"S3_CATEGORY_MAP": "{not json", "S3_AWS_SECRET_ACCESS_KEY": SECRET})
     r = s3sync("config", env=env, cwd=tmp_path)
     assert r.returncode == 2
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "S3_CATEGORY_MAP" in lines[0]
+    human = [line for line in r.stderr.splitlines() if not line.startswith("{")]
+    assert human == ["s3sync: error: S3_CATEGORY_MAP: could not be parsed (expected JSON)"]
+    events = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events] == ["command.failed"]
     assert "Traceback" not in r.stderr and SECRET not in r.stderr + r.stdout
 
 

@@ -1,0 +1,155 @@
+"""Prometheus metrics and a /healthz endpoint (prometheus-client, its own registry).
+
+Off by default; ``S3_METRICS_ADDR=127.0.0.1:9108`` serves ``/metrics`` and ``/healthz``.
+Only counters and timestamps are exposed: nothing here can carry a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["Metrics", "MetricsServer"]
+
+Health = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+class Metrics:
+    """The daemon's counters, in a private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.uploads = Counter("s3sync_uploads", "Upload outcomes.", ["outcome"], registry=r)
+        self.upload_bytes = Counter("s3sync_upload_bytes", "Bytes uploaded.", registry=r)
+        self.downloads = Counter("s3sync_downloads", "Mirror download outcomes.", ["outcome"], registry=r)
+        self.download_bytes = Counter("s3sync_download_bytes", "Bytes downloaded.", registry=r)
+        self.deletes = Counter("s3sync_mirror_deletes", "Local files deleted by the mirror.", registry=r)
+        self.queue = Gauge("s3sync_queue_depth", "Files queued or in flight.", registry=r)
+        self.durations = Histogram(
+            "s3sync_transfer_seconds", "Transfer durations.", ["direction"], registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )  # fmt: skip
+        self.mirror_ok_ts = Gauge(
+            "s3sync_last_mirror_success_timestamp_seconds", "Unix time of the last good mirror pass.", registry=r
+        )
+        self.mirror_passes = Counter("s3sync_mirror_passes", "Mirror passes by result.", ["result"], registry=r)
+        for name, doc, fn in (
+            ("s3sync_seconds_since_last_mirror", "Seconds since the last good mirror pass.", self.seconds_since_mirror),
+            ("s3sync_seconds_since_watcher_event", "Seconds since the last file event.", self.seconds_since_watcher_event),
+            ("s3sync_seconds_since_rescan", "Seconds since the last upload-folder rescan.", self.seconds_since_rescan),
+        ):
+            Gauge(name, doc, registry=r).set_function(lambda fn=fn: _or_nan(fn()))
+        self._last_mirror: float | None = None
+        self._last_event: float | None = None
+        self._last_rescan: float | None = None
+
+    def upload_done(self, outcome: str, nbytes: int, seconds: float) -> None:
+        """One upload ended (succeeded, skipped, failed, rejected)."""
+        self.uploads.labels(outcome).inc()
+        if nbytes:
+            self.upload_bytes.inc(nbytes)
+        if seconds:
+            self.durations.labels("upload").observe(seconds)
+
+    def download_done(self, outcome: str, nbytes: int, seconds: float) -> None:
+        """One mirror download ended."""
+        self.downloads.labels(outcome).inc()
+        if nbytes:
+            self.download_bytes.inc(nbytes)
+        if seconds:
+            self.durations.labels("download").observe(seconds)
+
+    def deleted(self) -> None:
+        """The mirror deleted a local file."""
+        self.deletes.inc()
+
+    def set_queue_depth(self, n: int) -> None:
+        """Files queued or in flight."""
+        self.queue.set(n)
+
+    def mirror_completed(self, ok: bool) -> None:
+        """A mirror pass ended."""
+        self.mirror_passes.labels("ok" if ok else "failed").inc()
+        if ok:
+            self._last_mirror = time.time()
+            self.mirror_ok_ts.set(self._last_mirror)
+
+    def watcher_event(self) -> None:
+        """A file event arrived."""
+        self._last_event = time.time()
+
+    def rescan_done(self) -> None:
+        """A rescan of the upload folder finished."""
+        self._last_rescan = time.time()
+
+    def seconds_since_mirror(self) -> float | None:
+        """Age of the last good mirror pass (None: never)."""
+        return None if self._last_mirror is None else time.time() - self._last_mirror
+
+    def seconds_since_watcher_event(self) -> float | None:
+        """Age of the last file event (None: never)."""
+        return None if self._last_event is None else time.time() - self._last_event
+
+    def seconds_since_rescan(self) -> float | None:
+        """Age of the last rescan (None: never)."""
+        return None if self._last_rescan is None else time.time() - self._last_rescan
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+class MetricsServer:
+    """``/metrics`` and ``/healthz`` over HTTP on ``HOST:PORT`` (port 0 picks a free one)."""
+
+    def __init__(self, addr: str, metrics: Metrics, health: Health) -> None:
+        host, _, port = addr.rpartition(":")
+        metrics_ref, health_ref = metrics, health
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path.split("?")[0] == "/metrics":
+                    body, status, ctype = generate_latest(metrics_ref.registry), 200, CONTENT_TYPE_LATEST
+                elif self.path.split("?")[0] == "/healthz":
+                    ok, details = health_ref()
+                    body = json.dumps(details, default=str).encode()
+                    status, ctype = (200 if ok else 503), "application/json"
+                else:
+                    body, status, ctype = b"not found\n", 404, "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                return
+
+        self._server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread = threading.Thread(target=self._server.serve_forever, name="s3sync-metrics", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
