@@ -248,8 +248,10 @@ class Uploader:
                 self._cond.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
             clean = not self._inflight
         if not clean:
-            self.transport.close()  # parts stop; open multipart uploads are aborted
-        self._pool.shutdown(wait=True, cancel_futures=True)
+            # Past the deadline: stop issuing parts (their multipart uploads are aborted) and do not
+            # wait for a request stuck on the network; the next start resumes from the state DB.
+            self.transport.close()
+        self._pool.shutdown(wait=clean, cancel_futures=True)
         return clean
 
     def _dispatch_loop(self) -> None:
