@@ -6,6 +6,7 @@ on stderr (``s3sync: error: ...``) and a structured event; ``--debug`` adds the 
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import signal
 import sys
@@ -284,6 +285,8 @@ def _install_signals(stop: threading.Event, reload: threading.Event | None) -> N
     def on_stop(signum: int, frame: object) -> None:
         stop.set()
 
+    # SIGUSR1 dumps every thread's stack to stderr: how an operator sees where a stuck daemon is.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     if reload is not None:

@@ -500,10 +500,7 @@ class Transport:
         futures: list[Future[tuple[int, str, bytes]]] = []
         try:
             futures.extend(self._parts.submit(send_part, n) for n in range(1, nparts + 1))
-            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for fut in pending:
-                fut.cancel()
-            parts = sorted(fut.result() for fut in futures)  # re-raises the first failure
+            parts = self._collect_parts(futures, res.key)
             resp = self.client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=res.key,
@@ -513,7 +510,8 @@ class Transport:
         except BaseException as exc:
             for fut in futures:
                 fut.cancel()
-            wait(futures)
+            # Only futures that started can be waited for: a cancelled one never wakes wait().
+            wait([f for f in futures if not f.cancelled()], timeout=self.settings.read_timeout)
             self._abort(res.key, upload_id)
             if isinstance(exc, botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError | OSError):
                 raise translate(exc, action="multipart PUT", bucket=self.bucket, key=res.key, kind=UploadError) from exc
@@ -525,6 +523,21 @@ class Transport:
         if etag.endswith(f"-{nparts}") and etag != expected:
             raise IntegrityError(f"multipart {res.key}: ETag {etag} != expected {expected}", key=res.key)
         return UploadResult(res.key, path, size, sha.sha256, etag, False, True, 0)
+
+    def _collect_parts(
+        self, futures: list[Future[tuple[int, str, bytes]]], key: str
+    ) -> list[tuple[int, str, bytes]]:
+        """Wait for every part; stop at the first failure or when the transport is closed."""
+        pending: set[Future[tuple[int, str, bytes]]] = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                exc = None if fut.cancelled() else fut.exception()
+                if exc is not None:
+                    raise exc
+            if self._closed.is_set() and pending:
+                raise UploadError(f"upload of {key} interrupted (shutting down)", key=key)
+        return sorted(f.result() for f in futures)
 
     def _abort(self, key: str, upload_id: str) -> bool:
         try:

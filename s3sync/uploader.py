@@ -107,8 +107,9 @@ class Uploader:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="s3sync-upload")
         self._thread: threading.Thread | None = None
-        self._excluded = [p for p in (settings.done_dir, settings.rejected_dir) if p is not None]
-        self._excluded.append(settings.state_path.parent)
+        # The daemon's own folders, when they sit inside the upload folder, are never uploaded.
+        own = (settings.done_dir, settings.rejected_dir, settings.state_path.parent)
+        self._excluded = [p for p in own if p is not None and self.root in p.parents]
 
     # --- inputs ------------------------------------------------------------------------------
     def ignored(self, path: Path) -> bool:
@@ -119,7 +120,7 @@ class Uploader:
             return True
         if any(part.startswith(".") for part in rel.parts) or is_ignored_name(path.name):
             return True
-        return any(path == ex or ex in path.parents for ex in self._excluded if ex != self.root)
+        return any(path == ex or ex in path.parents for ex in self._excluded)
 
     def notify(self, path: Path, hint: str, *, remote: RemoteObject | object | None = UNKNOWN) -> None:
         """A hint about ``path`` (from the watcher or a scan)."""
@@ -251,7 +252,14 @@ class Uploader:
             # Past the deadline: stop issuing parts (their multipart uploads are aborted) and do not
             # wait for a request stuck on the network; the next start resumes from the state DB.
             self.transport.close()
-        self._pool.shutdown(wait=clean, cancel_futures=True)
+            grace = time.monotonic() + 5.0  # interrupted multipart uploads abort within a part's time
+            with self._cond:
+                while self._inflight and time.monotonic() < grace:
+                    self._cond.wait(timeout=0.1)
+                drained = not self._inflight
+        else:
+            drained = True
+        self._pool.shutdown(wait=drained, cancel_futures=True)
         return clean
 
     def _dispatch_loop(self) -> None:

@@ -152,3 +152,36 @@ def test_run_stops_on_sigterm(make_settings, tmp_path):
     events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
     assert events[0] == "daemon.started" and events[-1] == "daemon.stopped"
     assert "upload.succeeded" in events
+
+
+def test_sigterm_during_large_upload_aborts_cleanly(make_settings, tmp_path):
+    """SIGTERM mid-multipart with no grace time: exit 0, no multipart upload left open, resumed next start."""
+    mib = 1024 * 1024
+    settings = make_settings(mirror_interval=0, multipart_threshold=5 * mib, multipart_chunksize=5 * mib)
+    env = env_for(settings, S3_LOG_FORMAT="json", S3_SHUTDOWN_TIMEOUT="0", S3_MAX_CONCURRENCY="1")
+    big = tmp_path / "B0001_HUGE.tif"
+    big.write_bytes(os.urandom(150 * mib))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "s3sync", "run"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    try:
+        time.sleep(1.0)
+        os.replace(big, settings.upload_dir_path / big.name)
+        for line in proc.stderr:
+            if '"upload.started"' in line:
+                break
+        time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    from s3sync.transport import make_client
+
+    client = make_client(settings)
+    assert client.list_multipart_uploads(Bucket=settings.require_bucket()).get("Uploads", []) == []
+    # The next start uploads the file completely.
+    r = s3sync("sync", "--upload-only", env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    head = client.head_object(Bucket=settings.require_bucket(), Key="BACKGROUND/B0001/B0001_HUGE.tif")
+    assert head["ContentLength"] == 150 * mib

@@ -71,10 +71,20 @@ def test_sigkill_loop_loses_nothing(make_settings, tmp_path):
         check_deleted_files_are_in_bucket(settings, expected, names, staging)
     for name in pending:
         os.replace(staging / name, settings.upload_dir_path / name)
+    final_env = {**env, "S3_LOG_LEVEL": "info"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "s3sync", "run"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [sys.executable, "-m", "s3sync", "run"],
+        env=final_env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    assert proc.stderr is not None
     try:
+        for line in proc.stderr:  # until the daemon is up and its signal handlers are installed
+            if '"daemon.ready"' in line:
+                break
         wait_for(lambda: not any(settings.upload_dir_path.iterdir()), timeout=180, interval=0.5)
         wait_for(lambda: mirror_complete(settings, expected), timeout=120, interval=0.5)
     finally:

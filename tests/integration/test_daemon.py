@@ -327,3 +327,35 @@ def test_file_changed_during_upload_is_redone(make_settings):
         wait_for(lambda: object_bytes(settings, key) == final, timeout=60)
     stop.set()
     assert hashlib.sha256(object_bytes(settings, key) or b"").digest() == hashlib.sha256(final).digest()
+
+
+def test_polling_watch_mode(make_settings):
+    """S3_WATCH_MODE=polling (for network filesystems) still uploads dropped files."""
+    settings = make_settings(**FAST, watch_mode="polling")
+    with running(settings) as service:
+        assert service.watcher is not None and service.watcher.kind == "PollingObserver"
+        path = drop(settings.upload_dir_path, "F0001_POLL_1x1.jpg", b"polled")
+        wait_for(lambda: object_bytes(settings, key_of(settings, path.name)) == b"polled", timeout=20)
+
+
+def test_dead_watcher_is_restarted(make_settings):
+    """If the observer thread dies, the supervisor restarts it (watcher.restarted) and uploads continue."""
+    settings = make_settings(**FAST)
+    with captured_events() as events, running(settings) as service:
+        assert service.watcher is not None
+        service.watcher._observer.stop()  # simulate the observer dying (e.g. an inotify error)
+        wait_for(lambda: events_named(events, "watcher.restarted"), timeout=10)
+        path = drop(settings.upload_dir_path, "B0001_AFTER_1x1.jpg", b"after")
+        wait_for(lambda: object_bytes(settings, key_of(settings, path.name)) == b"after", timeout=20)
+
+
+def test_rescan_catches_missed_files(make_settings):
+    """A file the watcher never reported (here: watcher stopped) is found by the periodic rescan."""
+    settings = make_settings(**{**FAST, "rescan_interval": 1.0})
+    with captured_events() as events, running(settings) as service:
+        assert service.watcher is not None
+        service.watcher.stop()
+        service.watcher.is_alive = lambda: True  # type: ignore[method-assign]  # keep the supervisor away
+        path = drop(settings.upload_dir_path, "B0002_MISSED_1x1.jpg", b"missed")
+        wait_for(lambda: object_bytes(settings, key_of(settings, path.name)) == b"missed", timeout=20)
+    assert events_named(events, "upload.rescan")
