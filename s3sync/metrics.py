@@ -43,10 +43,14 @@ class Metrics:
         self.mirror_passes = Counter("s3sync_mirror_passes", "Mirror passes by result.", ["result"], registry=r)
         for name, doc, fn in (
             ("s3sync_seconds_since_last_mirror", "Seconds since the last good mirror pass.", self.seconds_since_mirror),
-            ("s3sync_seconds_since_watcher_event", "Seconds since the last file event.", self.seconds_since_watcher_event),
+            (
+                "s3sync_seconds_since_watcher_event",
+                "Seconds since the last file event.",
+                self.seconds_since_watcher_event,
+            ),
             ("s3sync_seconds_since_rescan", "Seconds since the last upload-folder rescan.", self.seconds_since_rescan),
         ):
-            Gauge(name, doc, registry=r).set_function(lambda fn=fn: _or_nan(fn()))
+            Gauge(name, doc, registry=r).set_function(_nan_if_none(fn))
         self._last_mirror: float | None = None
         self._last_event: float | None = None
         self._last_rescan: float | None = None
@@ -103,8 +107,12 @@ class Metrics:
         return None if self._last_rescan is None else time.time() - self._last_rescan
 
 
-def _or_nan(value: float | None) -> float:
-    return float("nan") if value is None else value
+def _nan_if_none(fn: Callable[[], float | None]) -> Callable[[], float]:
+    def value() -> float:
+        v = fn()
+        return float("nan") if v is None else v
+
+    return value
 
 
 class MetricsServer:

@@ -23,7 +23,7 @@ from s3sync.localfs import lstat_under, remove_under
 from s3sync.paths import key_to_relpath
 from s3sync.plan import LocalStat, MirrorAction, plan_mirror
 from s3sync.settings import Settings
-from s3sync.state import State
+from s3sync.state import MirrorRecord, State
 from s3sync.transport import RemoteObject, Transport
 
 __all__ = ["Mirror", "MirrorReport"]
@@ -93,9 +93,10 @@ class Mirror:
                     if stop.is_set():
                         break
                     seen: list[str] = []
+                    records = self.state.get_mirrors([o.key for o in page])
                     for obj in page:
                         report.listed += 1
-                        if self._plan_one(obj, report, seen):
+                        if self._plan_one(obj, records.get(obj.key), report, seen):
                             inflight.append(pool.submit(self._download, obj, pass_no, report))
                         if len(inflight) >= workers * 4:
                             inflight = self._drain(inflight, keep=workers * 2)
@@ -131,9 +132,8 @@ class Mirror:
             self.heartbeat = time.monotonic()
         return futures
 
-    def _plan_one(self, obj: RemoteObject, report: MirrorReport, seen: list[str]) -> bool:
+    def _plan_one(self, obj: RemoteObject, record: MirrorRecord | None, report: MirrorReport, seen: list[str]) -> bool:
         """Decide for one object; True when it must be downloaded."""
-        record = self.state.get_mirror(obj.key)
         local = None
         try:
             segments = key_to_relpath(obj.key)

@@ -524,9 +524,7 @@ class Transport:
             raise IntegrityError(f"multipart {res.key}: ETag {etag} != expected {expected}", key=res.key)
         return UploadResult(res.key, path, size, sha.sha256, etag, False, True, 0)
 
-    def _collect_parts(
-        self, futures: list[Future[tuple[int, str, bytes]]], key: str
-    ) -> list[tuple[int, str, bytes]]:
+    def _collect_parts(self, futures: list[Future[tuple[int, str, bytes]]], key: str) -> list[tuple[int, str, bytes]]:
         """Wait for every part; stop at the first failure or when the transport is closed."""
         pending: set[Future[tuple[int, str, bytes]]] = set(futures)
         while pending:

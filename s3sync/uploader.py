@@ -184,7 +184,18 @@ class Uploader:
         ``remote_lookup`` (key -> listed object) saves a HEAD per new file.
         """
         count = 0
+        batch: list[Path] = []
         for path in self._walk(self.root):
+            batch.append(path)
+            if len(batch) >= 500:
+                count += self._scan_batch(batch, remote_lookup)
+                batch = []
+        return count + self._scan_batch(batch, remote_lookup)
+
+    def _scan_batch(self, paths: list[Path], remote_lookup: Callable[[str], RemoteObject | None] | None) -> int:
+        count = 0
+        records = self.state.get_uploads([str(p.relative_to(self.root)) for p in paths])
+        for path in paths:
             rel = str(path.relative_to(self.root))
             with self._cond:
                 if rel in self._items or rel in self._inflight:
@@ -193,7 +204,7 @@ class Uploader:
                 st = path.lstat()
             except OSError:
                 continue
-            rec = self.state.get_upload(rel)
+            rec = records.get(rel)
             action = plan_upload(LocalStat(st.st_size, st.st_mtime_ns), *_rec(rec))
             if action is UploadAction.IGNORE_REJECTED:
                 continue
