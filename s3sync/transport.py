@@ -137,7 +137,7 @@ class DownloadResult:
 def _client_config(settings: Settings) -> Config:
     return Config(
         max_pool_connections=max(10, settings.max_concurrency * 2),
-        retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         tcp_keepalive=True,

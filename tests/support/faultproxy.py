@@ -264,7 +264,9 @@ class FaultProxy:
                     client.close()
                     return
                 if fault is not None and fault.kind == "reset_response":
-                    client.sendall(rhead + rbody[: len(rbody) // 2])
+                    # Cut inside the body, or inside the head when there is no body to cut.
+                    partial = rhead + rbody[: len(rbody) // 2] if rbody else rhead[: len(rhead) // 2]
+                    client.sendall(partial)
                     _rst(client)
                     return
                 client.sendall(rhead + rbody)
