@@ -146,8 +146,11 @@ class Service:
             summary.uploaded, summary.upload_skipped, summary.rejected = s.uploaded, s.skipped, s.rejected
             summary.upload_failed, summary.uploaded_bytes = s.failed_final, s.bytes
         if mirror:
-            m = Mirror(self.settings, self.transport, self.state, dry_run=dry_run, on_result=self._result("download"))
-            summary.mirror = m.run_pass()
+            if self.mirror is None or self.mirror.dry_run != dry_run:
+                self.mirror = Mirror(
+                    self.settings, self.transport, self.state, dry_run=dry_run, on_result=self._result("download")
+                )
+            summary.mirror = self.mirror.run_pass()
         return summary
 
     def _listing_for_scan(self, uploader: Uploader) -> dict[str, RemoteObject] | None:
