@@ -1,4 +1,9 @@
-"""Fixtures: real S3 servers on loopback (moto_server and rclone serve s3), fresh buckets, settings."""
+"""Fixtures: real S3 servers on loopback (moto_server and rclone serve s3), fresh buckets, settings.
+
+Each kind of server is started at most once per test session (lazily, by the first test that
+needs it), shared by every fixture that asks for it, and stopped when the session ends. A test
+that stops or restarts a server gets it running again for the next test, on the same port.
+"""
 
 from __future__ import annotations
 
@@ -11,60 +16,105 @@ from typing import Any
 import pytest
 
 from s3sync.settings import Settings
+from tests.support.faultproxy import FaultProxy
 from tests.support.servers import MotoServer, RcloneServer, S3Server
 
+SERVER_KINDS = ("moto", "rclone")
+
+# Module-level, not fixture-level: pytest tears down a parametrized session fixture's instance
+# when it moves to the next parameter; the cache keeps both servers alive for the whole session.
 _SERVERS: dict[str, S3Server] = {}
+
+# Variables of the developer's shell that must not reach a test (nor a server it starts).
+_LEAKY_NAMES = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "CREDENTIALS_DIRECTORY"}
 
 
 def _server(kind: str) -> S3Server:
-    if kind not in _SERVERS:
-        _SERVERS[kind] = (MotoServer() if kind == "moto" else RcloneServer()).start()
-    return _SERVERS[kind]
+    """The session's server of ``kind``: started on first use, restarted if a test left it stopped."""
+    server = _SERVERS.get(kind)
+    if server is None:
+        server = MotoServer() if kind == "moto" else RcloneServer()
+        _SERVERS[kind] = server
+    if not server.running:
+        server.start()
+    return server
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Stop every server started for the session."""
-    for server in _SERVERS.values():
-        server.cleanup()
+@pytest.fixture(scope="session")
+def _server_pool() -> Iterator[dict[str, S3Server]]:
+    """Owns the session's servers: closes them (process and temp folder) when the session ends."""
+    yield _SERVERS
+    for server in list(_SERVERS.values()):
+        server.close()
     _SERVERS.clear()
+
+
+@pytest.fixture(autouse=True)
+def _servers_running() -> None:
+    """A test that stopped a shared server and failed before starting it leaves it stopped: fix that."""
+    for server in _SERVERS.values():
+        if not server.running:
+            server.start()
 
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No S3_*/AWS_* setting of the developer's leaks into a test; boto3 never probes the network."""
     for name in list(os.environ):
-        if name.startswith(("S3_", "AWS_")) or name in {"NOTIFY_SOCKET", "WATCHDOG_USEC", "CREDENTIALS_DIRECTORY"}:
+        if name.startswith(("S3_", "AWS_")) or name in _LEAKY_NAMES:
             monkeypatch.delenv(name, raising=False)
+    # No instance-metadata probe (169.254.169.254), no shared config/credentials files.
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
 
 
-@pytest.fixture(params=["moto", "rclone"])
-def s3_server(request: pytest.FixtureRequest) -> S3Server:
-    """Each real server in turn (started once per session)."""
+@pytest.fixture(scope="session", params=SERVER_KINDS, ids=SERVER_KINDS)
+def s3_server(request: pytest.FixtureRequest, _server_pool: dict[str, S3Server]) -> S3Server:
+    """Each real server in turn: moto_server, then rclone serve s3 (each started once per session)."""
     return _server(str(request.param))
 
 
-@pytest.fixture
-def moto_only_server() -> S3Server:
-    """moto_server: for tests that need AWS semantics (e.g. keys rclone refuses)."""
+@pytest.fixture(scope="session")
+def moto_only_server(_server_pool: dict[str, S3Server]) -> S3Server:
+    """moto_server only: for tests that need AWS semantics (e.g. keys rclone refuses)."""
     return _server("moto")
 
 
-@pytest.fixture
-def rclone_server() -> S3Server:
-    """rclone serve s3 only."""
+@pytest.fixture(scope="session")
+def rclone_server(_server_pool: dict[str, S3Server]) -> S3Server:
+    """rclone serve s3 only: for tests that need persistence across a restart, or speed."""
     return _server("rclone")
+
+
+@pytest.fixture(scope="session")
+def server_pair(_server_pool: dict[str, S3Server]) -> tuple[S3Server, S3Server]:
+    """Both servers, (moto, rclone), for tests comparing behaviour."""
+    return _server("moto"), _server("rclone")
 
 
 @pytest.fixture
 def bucket(s3_server: S3Server) -> str:
-    """A fresh bucket on the current server."""
+    """A fresh, uniquely named bucket on the current server (``t-`` + 12 hex digits)."""
     return s3_server.create_bucket(f"t-{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture
+def fault_proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    """A :class:`FaultProxy` in front of the current server, with no faults until a test sets some."""
+    proxy = FaultProxy("127.0.0.1", s3_server.port, seed=7).start()
+    yield proxy
+    proxy.stop()
+    assert proxy.errors == [], f"the fault proxy itself failed: {proxy.errors!r}"
+
+
+@pytest.fixture
 def make_settings(s3_server: S3Server, bucket: str, tmp_path: Path) -> Callable[..., Settings]:
-    """Settings for the current server and bucket, with folders under tmp_path; overrides as keywords."""
+    """Factory ``make_settings(**overrides) -> Settings`` for the current server and bucket.
+
+    Folders live under ``tmp_path`` (``mirror``, ``upload``, ``state/state.db``); the upload and
+    mirror folders are created. No ``.env`` file is read.
+    """
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -81,12 +131,7 @@ def make_settings(s3_server: S3Server, bucket: str, tmp_path: Path) -> Callable[
         values.update(overrides)
         settings = Settings(_env_file=None, **values)
         settings.upload_dir_path.mkdir(parents=True, exist_ok=True)
+        settings.local_path.mkdir(parents=True, exist_ok=True)
         return settings
 
     return make
-
-
-@pytest.fixture
-def server_pair() -> Iterator[tuple[S3Server, S3Server]]:
-    """Both servers (for tests comparing behaviour)."""
-    yield _server("moto"), _server("rclone")
