@@ -1,0 +1,129 @@
+"""Pure logic: bucket keys to safe local paths, and the upload/mirror decisions."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from s3sync.errors import UnsafeKeyError
+from s3sync.paths import TEMP_PREFIX, key_to_relpath
+from s3sync.plan import (
+    LocalStat,
+    MirrorAction,
+    UploadAction,
+    backoff_delay,
+    is_ignored_name,
+    plan_mirror,
+    plan_upload,
+    ready_to_upload,
+)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "/etc/passwd",
+        "../x.jpg",
+        "a/../../x.jpg",
+        "a/./b.jpg",
+        "a//b.jpg",
+        "a/",
+        "a\\b.jpg",
+        "a/\x00b.jpg",
+        "a/\x1fb.jpg",
+        "a/" + "x" * 256,
+        "/".join(["d" * 200] * 20),
+        f"a/{TEMP_PREFIX}123",
+    ],
+)
+def test_unsafe_keys_rejected(key):
+    """Keys that could escape the root or are not valid local paths raise UnsafeKeyError with a reason."""
+    with pytest.raises(UnsafeKeyError) as info:
+        key_to_relpath(key)
+    assert info.value.reason
+
+
+def test_safe_key_segments():
+    """A normal key becomes its segments."""
+    assert key_to_relpath("VASE/F0001/F0001_A.jpg") == ("VASE", "F0001", "F0001_A.jpg")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text(max_size=200))
+def test_no_key_escapes_the_root(key):
+    """For any key: either UnsafeKeyError, or a path that stays strictly under the root."""
+    try:
+        segments = key_to_relpath(key)
+    except UnsafeKeyError:
+        return
+    joined = os.path.normpath(os.path.join("/root", *segments))
+    assert joined.startswith("/root/")
+    assert ".." not in joined.split("/")
+    assert "\x00" not in joined
+
+
+def test_plan_upload_truth_table():
+    """New -> upload; same stat -> skip; same size new mtime -> verify by hash; rejected unchanged -> ignore."""
+    a, b = LocalStat(10, 1), LocalStat(10, 2)
+    assert plan_upload(a, None, None) is UploadAction.UPLOAD
+    assert plan_upload(a, "uploaded", a) is UploadAction.SKIP
+    assert plan_upload(b, "uploaded", a) is UploadAction.VERIFY
+    assert plan_upload(LocalStat(11, 1), "uploaded", a) is UploadAction.UPLOAD
+    assert plan_upload(a, "rejected", a) is UploadAction.IGNORE_REJECTED
+    assert plan_upload(b, "rejected", a) is UploadAction.UPLOAD
+
+
+def test_ready_to_upload():
+    """closed/moved are ready at once; other hints wait until unchanged for the settle time."""
+    assert ready_to_upload(hint="closed", age_seconds=0, stable_seconds=0, settle_seconds=2)
+    assert ready_to_upload(hint="moved", age_seconds=0, stable_seconds=0, settle_seconds=2)
+    assert not ready_to_upload(hint="modified", age_seconds=1, stable_seconds=1.9, settle_seconds=2)
+    assert ready_to_upload(hint="modified", age_seconds=0.1, stable_seconds=2.0, settle_seconds=2)
+    assert ready_to_upload(hint="scan", age_seconds=3, stable_seconds=0, settle_seconds=2)
+
+
+def test_plan_mirror():
+    """Markers and unsafe keys are not downloaded; unchanged objects with an untouched copy are skipped."""
+    local = LocalStat(5, 100)
+    assert plan_mirror("dir/", 0, "e", None, None).action is MirrorAction.MARKER
+    unsafe = plan_mirror("../x", 1, "e", None, None)
+    assert unsafe.action is MirrorAction.UNSAFE
+    assert "'..'" in unsafe.reason
+    assert plan_mirror("a/b", 5, "e", (5, "e", 5, 100), local).action is MirrorAction.SKIP
+    assert plan_mirror("a/b", 5, "f", (5, "e", 5, 100), local).action is MirrorAction.DOWNLOAD
+    assert plan_mirror("a/b", 5, "e", (5, "e", 5, 100), LocalStat(5, 101)).action is MirrorAction.DOWNLOAD
+    assert plan_mirror("a/b", 5, "e", (5, "e", 5, 100), None).action is MirrorAction.DOWNLOAD
+    assert plan_mirror("a/b", 5, "e", None, local).action is MirrorAction.DOWNLOAD
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 200), st.floats(0.01, 10), st.floats(0.1, 1000), st.integers(0, 2**32))
+def test_backoff_bounds(attempt, base, cap, seed):
+    """Each delay is between half and all of min(cap, base * 2**(attempt-1)), never above the cap."""
+    delay = backoff_delay(attempt, base=base, cap=cap, rng=random.Random(seed))
+    exp = min(cap, base * 2 ** min(attempt - 1, 60))
+    assert exp / 2 - 1e-9 <= delay <= exp + 1e-9
+    assert delay <= cap + 1e-9
+
+
+@pytest.mark.parametrize(
+    ("name", "ignored"),
+    [
+        (".hidden.jpg", True),
+        ("B0001_A.jpg.part", True),
+        ("x.tmp", True),
+        ("x.crdownload", True),
+        ("B0001_A.jpg~", True),
+        ("x.swp", True),
+        (f"{TEMP_PREFIX}abc", True),
+        ("B0001_A.jpg", False),
+    ],
+)
+def test_ignored_names(name, ignored):
+    """Hidden and temporary names are ignored by the watcher."""
+    assert is_ignored_name(name) is ignored
