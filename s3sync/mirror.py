@@ -20,7 +20,7 @@ import structlog
 
 from s3sync.errors import S3SyncError, UnsafeKeyError
 from s3sync.localfs import lstat_under, remove_under
-from s3sync.paths import key_to_relpath
+from s3sync.paths import PathClaims, key_to_relpath
 from s3sync.plan import LocalStat, MirrorAction, plan_mirror
 from s3sync.settings import Settings
 from s3sync.state import MirrorRecord, State
@@ -41,6 +41,7 @@ class MirrorReport:
     deleted: int = 0
     failed: int = 0
     unsafe: int = 0
+    conflicts: int = 0
     bytes: int = 0
     duration_ms: int = 0
     complete: bool = False
@@ -86,6 +87,7 @@ class Mirror:
             self.root.mkdir(parents=True, exist_ok=True)
         workers = self.settings.max_concurrency
         inflight: list[Future[None]] = []
+        claims = PathClaims()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3sync-mirror") as pool:
             try:
                 for page in self.transport.list_pages(prefix):
@@ -96,7 +98,7 @@ class Mirror:
                     records = self.state.get_mirrors([o.key for o in page])
                     for obj in page:
                         report.listed += 1
-                        if self._plan_one(obj, records.get(obj.key), report, seen):
+                        if self._plan_one(obj, records.get(obj.key), report, seen, claims):
                             inflight.append(pool.submit(self._download, obj, pass_no, report))
                         if len(inflight) >= workers * 4:
                             inflight = self._drain(inflight, keep=workers * 2)
@@ -120,6 +122,7 @@ class Mirror:
             deleted=report.deleted,
             failed=report.failed,
             unsafe=report.unsafe,
+            conflicts=report.conflicts,
             bytes=report.bytes,
             duration_ms=report.duration_ms,
             complete=report.complete,
@@ -132,15 +135,31 @@ class Mirror:
             self.heartbeat = time.monotonic()
         return futures
 
-    def _plan_one(self, obj: RemoteObject, record: MirrorRecord | None, report: MirrorReport, seen: list[str]) -> bool:
+    def _plan_one(
+        self,
+        obj: RemoteObject,
+        record: MirrorRecord | None,
+        report: MirrorReport,
+        seen: list[str],
+        claims: PathClaims,
+    ) -> bool:
         """Decide for one object; True when it must be downloaded."""
         local = None
         try:
             segments = key_to_relpath(obj.key)
-            st = os.lstat(self.root.joinpath(*segments))
-            local = LocalStat(st.st_size, st.st_mtime_ns)
-        except (UnsafeKeyError, OSError):
-            pass
+        except UnsafeKeyError:
+            pass  # plan_mirror says why
+        else:
+            conflict = claims.claim(segments)
+            if conflict is not None:
+                report.conflicts += 1
+                self._report_once(obj.key, "mirror.key_conflict", reason=conflict)
+                return False
+            try:
+                st = os.lstat(self.root.joinpath(*segments))
+                local = LocalStat(st.st_size, st.st_mtime_ns)
+            except OSError:
+                pass
         decision = plan_mirror(
             obj.key,
             obj.size,

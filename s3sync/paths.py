@@ -19,7 +19,14 @@ import unicodedata
 
 from s3sync.errors import UnsafeKeyError
 
-__all__ = ["MAX_PATH_BYTES", "MAX_SEGMENT_BYTES", "TEMP_PREFIX", "is_directory_marker", "key_to_relpath"]
+__all__ = [
+    "MAX_PATH_BYTES",
+    "MAX_SEGMENT_BYTES",
+    "TEMP_PREFIX",
+    "PathClaims",
+    "is_directory_marker",
+    "key_to_relpath",
+]
 
 #: Linux NAME_MAX and a conservative PATH_MAX budget for the part below the root.
 MAX_SEGMENT_BYTES = 255
@@ -66,3 +73,37 @@ def key_to_relpath(key: str) -> tuple[str, ...]:
         if seg.startswith(TEMP_PREFIX):
             raise UnsafeKeyError(key, f"uses the reserved prefix {TEMP_PREFIX!r}")
     return segments
+
+
+class PathClaims:
+    """Which local paths one mirror pass has given to which key: file-vs-prefix conflicts, decided in order.
+
+    S3 allows both ``a`` and ``a/b``; a file system cannot hold a file and a folder under one
+    name. Keys are claimed in listing order (lexicographic, so ``a`` before ``a/b``), and the
+    first claim wins: a later key that needs an earlier file as its folder, or an earlier
+    key's folder as its file, is a conflict. Deciding here, before any download starts, makes
+    the outcome the same on every pass instead of depending on which download finishes first.
+
+    >>> claims = PathClaims()
+    >>> claims.claim(("a",)) is None
+    True
+    >>> claims.claim(("a", "b"))
+    "its parent 'a' is the file of another key"
+    """
+
+    def __init__(self) -> None:
+        self._files: set[str] = set()
+        self._dirs: set[str] = set()
+
+    def claim(self, segments: tuple[str, ...]) -> str | None:
+        """Claim the path of one key; return None when it is free, else why it conflicts."""
+        path = "/".join(segments)
+        if path in self._dirs:
+            return f"{path!r} is the folder of another key"
+        parents = ["/".join(segments[:i]) for i in range(1, len(segments))]
+        for parent in parents:
+            if parent in self._files:
+                return f"its parent {parent!r} is the file of another key"
+        self._files.add(path)
+        self._dirs.update(parents)
+        return None

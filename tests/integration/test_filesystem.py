@@ -1,4 +1,5 @@
-"""The file system side: vanishing, replaced, symlinked, empty and unreadable files, floods, full disks, hostile keys."""
+"""The file system side: vanishing, replaced, symlinked, empty and unreadable files, floods, full disks,
+hostile keys."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def test_vanished_file_is_skipped_and_daemon_continues(make_settings):
             p.unlink()
         good = drop(settings.upload_dir_path, "B9999_STAYS.jpg", b"stays")
         wait_for(lambda: object_bytes(settings, key_of(settings, good.name)) == b"stays")
-        assert service.uploader is not None and service.uploader.is_alive()
+        assert service.uploader is not None
+        assert service.uploader.is_alive()
     assert list_keys(settings) == [key_of(settings, good.name)]
 
 
@@ -101,7 +103,11 @@ class TestFlood:
             for n in names:
                 (settings.upload_dir_path / n).write_bytes(n.encode())
             expected = {key_of(settings, n) for n in names}
-            wait_for(lambda: len(expected & set(list_keys(settings, "BACKGROUND/"))) == len(expected), timeout=240, interval=2)
+            wait_for(
+                lambda: len(expected & set(list_keys(settings, "BACKGROUND/"))) == len(expected),
+                timeout=240,
+                interval=2,
+            )
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
@@ -128,13 +134,15 @@ def test_mirror_on_full_disk_fails_cleanly_and_recovers(make_settings, tmp_path)
                 client.put_object(Bucket=bucket, Key=f"VASE/F2/F2_BIG{i}.jpg", Body=os.urandom(600_000))
             with captured_events() as events:
                 full = service.sync_once(upload=False).mirror
-            assert full is not None and full.failed >= 1
+            assert full is not None
+            assert full.failed >= 1
             assert events_named(events, "mirror.failed")
             assert (settings.local_path / "VASE/F1/F1_SMALL.jpg").read_bytes() in {b"small-v1", b"small-v2" * 40_000}
             assert [p for p in disk.rglob("*") if p.name.startswith(TEMP_PREFIX)] == []
             subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
             again = service.sync_once(upload=False).mirror
-            assert again is not None and again.failed == 0
+            assert again is not None
+            assert again.failed == 0
         finally:
             service.close()
         assert (settings.local_path / "VASE/F1/F1_SMALL.jpg").read_bytes() == b"small-v2" * 40_000
@@ -177,13 +185,19 @@ def test_hostile_keys_one_event_each_never_outside(make_settings, moto_only_serv
             again = service.sync_once(upload=False).mirror
     finally:
         service.close()
-    assert report is not None and again is not None
+    assert report is not None
+    assert again is not None
     assert report.unsafe == 2
     assert len(events_named(events, "mirror.unsafe_key")) == 2  # reported once, not every pass
     for key, kind in keys.items():
         if kind == "ok":
             assert (settings.local_path / key).read_bytes() == key.encode()
-    assert report.failed == 1 and "child" in " ".join(report.errors) or "both" in " ".join(report.errors)
+    assert report.conflicts == 1  # 'both' is listed first and keeps its file; 'both/child.jpg' cannot be mirrored
+    assert report.failed == 0
+    assert again.conflicts == 1
+    conflicts = events_named(events, "mirror.key_conflict")
+    assert [e["key"] for e in conflicts] == ["both/child.jpg"]  # one event, not one per pass
+    assert not (settings.local_path / "both").is_dir()
     outside = [p for p in tmp_path.rglob("*") if settings.local_path not in p.parents and p.suffix == ".jpg"]
     assert all(settings.upload_dir_path in p.parents for p in outside)
 
