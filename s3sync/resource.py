@@ -203,11 +203,12 @@ class Resource:
 
     def __init__(self, name: str, settings: NamingRules | Settings | None = None) -> None:
         if settings is None:
-            # Compatibility with the original API: Resource('name.jpg') with settings from the
-            # environment. Imported here so this module stays free of I/O at import time.
-            from s3sync.settings import load_settings
+            # Compatibility with the original API: Resource('name.jpg') with the default settings
+            # (the environment, or Django's settings under s3sync.contrib.django). Imported here so
+            # this module stays free of I/O at import time.
+            from s3sync.settings import default_settings
 
-            settings = load_settings()
+            settings = default_settings()
         parsed = parse_name(name, settings.category_map.keys(), settings.allowed_extensions)
         category = settings.category_map[parsed.code]
         key = _render_key(parsed, category, settings.key_template)

@@ -19,7 +19,7 @@ import os
 import re
 import string
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,7 +28,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from s3sync.errors import ConfigurationError
 
-__all__ = ["DEFAULT_CATEGORY_MAP", "ENV_PREFIX", "KEY_TEMPLATE_FIELDS", "Settings", "load_settings"]
+__all__ = [
+    "DEFAULT_CATEGORY_MAP",
+    "ENV_PREFIX",
+    "KEY_TEMPLATE_FIELDS",
+    "Settings",
+    "default_settings",
+    "load_settings",
+    "set_default_settings_factory",
+]
 
 ENV_PREFIX = "S3_"
 
@@ -353,3 +361,24 @@ def load_settings(
         raise ConfigurationError(f"{setting}: could not be parsed (expected JSON)", setting=setting) from None
     except (UnicodeDecodeError, OSError) as exc:
         raise ConfigurationError(f"settings: cannot read configuration ({type(exc).__name__})") from None
+
+
+_default_factory: Callable[[], Settings] | None = None
+
+
+def set_default_settings_factory(factory: Callable[[], Settings] | None) -> None:
+    """Choose where ``Resource(name)``, ``Transport()`` and ``Browser()`` find settings when given none.
+
+    By default that is :func:`load_settings` (the environment and ``.env``). A framework
+    integration registers its own source once at start-up, as ``s3sync.contrib.django`` does
+    with the Django settings; ``None`` restores the default. Code that has a
+    :class:`Settings` object should pass it explicitly instead.
+    """
+    global _default_factory  # one process-wide registration point, set once at start-up
+    _default_factory = factory
+
+
+def default_settings() -> Settings:
+    """The settings for objects built without any: the registered factory, else :func:`load_settings`."""
+    factory = _default_factory
+    return factory() if factory is not None else load_settings()

@@ -50,7 +50,7 @@ from s3sync.errors import (
 from s3sync.localfs import AtomicWriter, hash_file, lstat_under
 from s3sync.paths import key_to_relpath
 from s3sync.resource import Resource
-from s3sync.settings import Settings, load_settings
+from s3sync.settings import Settings, default_settings
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -266,7 +266,7 @@ class Transport:
         client: S3Client | None = None,
         tracker: MultipartTracker | None = None,
     ) -> None:
-        self.settings = settings if settings is not None else load_settings()
+        self.settings = settings if settings is not None else default_settings()
         self.tracker = tracker
         self.bucket = self.settings.require_bucket()
         self.client: S3Client = client if client is not None else make_client(self.settings)

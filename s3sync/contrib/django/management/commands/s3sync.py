@@ -1,0 +1,46 @@
+"""``python manage.py s3sync COMMAND [ARGS]``: the ``s3sync`` command with the project's settings.
+
+Django's own options (``--settings``, ``--pythonpath``, ``--traceback``...) go before COMMAND;
+everything from COMMAND on is the ``s3sync`` command line. A non-zero exit of the command line
+becomes a :class:`CommandError` with the same ``returncode``, so ``manage.py`` exits with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, ClassVar
+
+from django.core.management.base import BaseCommand, CommandError
+
+from s3sync.contrib.django.command import run_cli
+
+
+class Command(BaseCommand):  # type: ignore[misc] # Django ships no type stubs
+    """The management command; see the module docstring."""
+
+    help = (
+        "Run an s3sync command (run, sync, check, tree, config, upload, download, status) with the "
+        "S3_* settings of this Django project. `manage.py s3sync` alone lists them; "
+        "`manage.py s3sync COMMAND --help` describes one."
+    )
+    # The command line reports configuration errors itself, with its exit code 2; `manage.py check`
+    # runs the s3sync checks (and everyone else's) on demand.
+    requires_system_checks: ClassVar[tuple[str, ...]] = ()
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """``--debug``, then the s3sync command line as it is."""
+        parser.add_argument(
+            "--debug",
+            action="store_true",
+            help="Tracebacks and debug events, like `s3sync --debug` (as does --traceback).",
+        )
+        parser.add_argument(
+            "args", nargs=argparse.REMAINDER, metavar="COMMAND [ARGS]", help="An s3sync command and its arguments."
+        )
+
+    def handle(self, *args: str, **options: Any) -> None:
+        """Run the command line; raise :class:`CommandError` with its exit code when it is not 0."""
+        argv = ["--debug", *args] if options.get("debug") or options.get("traceback") else list(args)
+        code = run_cli(argv, stdout=options.get("stdout"), stderr=options.get("stderr"))
+        if code != 0:
+            raise CommandError(f"s3sync exited with status {code}", returncode=code)

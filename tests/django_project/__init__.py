@@ -1,0 +1,1 @@
+"""A minimal Django project for the s3sync.contrib.django tests."""
