@@ -123,7 +123,7 @@ class MetricsServer:
         metrics_ref, health_ref = metrics, health
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 if self.path.split("?")[0] == "/metrics":
                     body, status, ctype = generate_latest(metrics_ref.registry), 200, CONTENT_TYPE_LATEST
                 elif self.path.split("?")[0] == "/healthz":

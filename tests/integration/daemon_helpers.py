@@ -76,7 +76,7 @@ def running(settings: Settings, transport: Transport | None = None) -> Iterator[
     thread = threading.Thread(target=target, name="test-daemon", daemon=True)
     thread.start()
     try:
-        wait_for(lambda: service.watcher is not None and service.watcher.is_alive() or errors, timeout=20)
+        wait_for(lambda: (service.watcher is not None and service.watcher.is_alive()) or errors, timeout=20)
         if errors:
             raise errors[0]
         yield service

@@ -23,7 +23,8 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     for name, value in settings.masked().items():
         if value and "********" not in value:
             env[name] = value
-    assert settings.aws_access_key_id and settings.aws_secret_access_key
+    assert settings.aws_access_key_id
+    assert settings.aws_secret_access_key
     env["S3_AWS_ACCESS_KEY_ID"] = settings.aws_access_key_id.get_secret_value()
     env["S3_AWS_SECRET_ACCESS_KEY"] = settings.aws_secret_access_key.get_secret_value()
     env.update(extra)
@@ -43,11 +44,14 @@ def test_check_valid_and_invalid_names(tmp_path):
     ok = s3sync("check", "--json", "CR01-047_B0001_320x320.JPG", env=env, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     fields = json.loads(ok.stdout)[0]
-    assert fields["code"] == "CR" and fields["category"] == "CATALOGUE-PRODUCT" and fields["size"] == [320, 320]
+    assert fields["code"] == "CR"
+    assert fields["category"] == "CATALOGUE-PRODUCT"
+    assert fields["size"] == [320, 320]
     bad = s3sync("check", "--json", "B0001_DEFAULT.JPG", "XY0001_A.jpg", env=env, cwd=tmp_path)
     assert bad.returncode == 1
     results = json.loads(bad.stdout)
-    assert results[0]["valid"] and not results[1]["valid"]
+    assert results[0]["valid"]
+    assert not results[1]["valid"]
     assert "unknown category code" in results[1]["reason"]
 
 
@@ -61,7 +65,8 @@ def test_bad_setting_is_one_line_exit_2(tmp_path):
     assert human == ["s3sync: error: S3_CATEGORY_MAP: could not be parsed (expected JSON)"]
     events = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
     assert [e["event"] for e in events] == ["command.failed"]
-    assert "Traceback" not in r.stderr and SECRET not in r.stderr + r.stdout
+    assert "Traceback" not in r.stderr
+    assert SECRET not in r.stderr + r.stdout
 
 
 def test_missing_bucket_is_configuration_error(tmp_path):
@@ -69,7 +74,8 @@ def test_missing_bucket_is_configuration_error(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("S3_")}
     r = s3sync("download", "B0001_A.jpg", env=env, cwd=tmp_path)
     assert r.returncode == 2
-    assert "S3_BUCKET_NAME" in r.stderr and "Traceback" not in r.stderr
+    assert "S3_BUCKET_NAME" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_config_masks_secrets(make_settings, tmp_path):
@@ -92,7 +98,8 @@ def test_env_file_option(make_settings, tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["S3_BUCKET_NAME"] == "from-env-file"
     missing = s3sync("--env-file", str(tmp_path / "nope.env"), "config", env=env, cwd=tmp_path)
-    assert missing.returncode == 2 and "--env-file" in missing.stderr
+    assert missing.returncode == 2
+    assert "--env-file" in missing.stderr
 
 
 def test_upload_download_tree(make_settings, tmp_path):
@@ -114,9 +121,11 @@ def test_upload_download_tree(make_settings, tmp_path):
     data = json.loads(tree.stdout)
     assert data["children"][0]["name"] == "WRAPPING-FLOWER"
     missing = s3sync("tree", "NOPE", env=env, cwd=tmp_path)
-    assert missing.returncode == 1 and "no such folder" in missing.stderr
+    assert missing.returncode == 1
+    assert "no such folder" in missing.stderr
     bad = s3sync("upload", str(src / "bad name.jpg"), env=env, cwd=tmp_path)
-    assert bad.returncode == 1 and "invalid resource name" in bad.stderr
+    assert bad.returncode == 1
+    assert "invalid resource name" in bad.stderr
 
 
 def test_sync_then_dry_run(make_settings, tmp_path):
@@ -150,7 +159,8 @@ def test_run_stops_on_sigterm(make_settings, tmp_path):
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
-    assert events[0] == "daemon.started" and events[-1] == "daemon.stopped"
+    assert events[0] == "daemon.started"
+    assert events[-1] == "daemon.stopped"
     assert "upload.succeeded" in events
 
 

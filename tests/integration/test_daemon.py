@@ -6,7 +6,6 @@ import hashlib
 import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -147,7 +146,8 @@ def test_endpoint_down_then_back_everything_arrives(make_settings, s3_server):
             for n in names:
                 drop(settings.upload_dir_path, n, n.encode() * 100)
             wait_for(lambda: len(events_named(events, "upload.failed")) >= 5, timeout=30)
-            assert service.uploader is not None and service.uploader.is_alive()
+            assert service.uploader is not None
+            assert service.uploader.is_alive()
             proxy.resume()
             direct = settings.model_copy(update={"endpoint_url": s3_server.endpoint})
             wait_for(lambda: all(object_bytes(direct, key_of(direct, n)) for n in names), timeout=30)
@@ -168,15 +168,18 @@ def test_mirror_downloads_new_and_changed_and_skips_unchanged(make_settings):
     service = Service(settings, transport=transport, environ={})
     try:
         first = service.sync_once(upload=False)
-        assert first.mirror is not None and first.mirror.downloaded == 30
+        assert first.mirror is not None
+        assert first.mirror.downloaded == 30
         counter.reset()
         again = service.sync_once(upload=False)
-        assert again.mirror is not None and again.mirror.downloaded == 0
+        assert again.mirror is not None
+        assert again.mirror.downloaded == 0
         assert counter.count("GetObject") == 0
         assert counter.count("HeadObject") == 0
         client.put_object(Bucket=bucket, Key="VASE/F003/F003_M.jpg", Body=b"v2-changed")
         third = service.sync_once(upload=False)
-        assert third.mirror is not None and third.mirror.downloaded == 1
+        assert third.mirror is not None
+        assert third.mirror.downloaded == 1
     finally:
         service.close()
     assert (settings.local_path / "VASE/F003/F003_M.jpg").read_bytes() == b"v2-changed"
@@ -200,20 +203,23 @@ def test_unsafe_keys_never_write_outside(make_settings, moto_only_server, tmp_pa
     for key in UNSAFE_KEYS:
         client.put_object(Bucket=bucket, Key=key, Body=b"evil")
     client.put_object(Bucket=bucket, Key="good/file.jpg", Body=b"good")
-    before = {p for p in tmp_path.parent.rglob("*")}
+    before = set(tmp_path.parent.rglob("*"))
     service = Service(settings, environ={})
     try:
         with captured_events() as events:
             report = service.sync_once(upload=False).mirror
     finally:
         service.close()
-    assert report is not None and report.unsafe == len(UNSAFE_KEYS)
+    assert report is not None
+    assert report.unsafe == len(UNSAFE_KEYS)
     unsafe = events_named(events, "mirror.unsafe_key")
     assert len(unsafe) == len(UNSAFE_KEYS)
     assert (settings.local_path / "good/file.jpg").read_bytes() == b"good"
-    after = {p for p in tmp_path.parent.rglob("*")}
+    after = set(tmp_path.parent.rglob("*"))
     created_outside = {p for p in after - before if settings.local_path not in p.parents and p != settings.local_path}
-    created_outside = {p for p in created_outside if tmp_path not in p.parents or "evil" in p.name or "escape" in p.name}
+    created_outside = {
+        p for p in created_outside if tmp_path not in p.parents or "evil" in p.name or "escape" in p.name
+    }
     assert not any("escape" in p.name or "abs" in p.name for p in created_outside)
 
 
@@ -231,7 +237,8 @@ def test_mirror_symlink_inside_is_not_followed(make_settings, tmp_path):
         report = service.sync_once(upload=False).mirror
     finally:
         service.close()
-    assert report is not None and report.failed == 1
+    assert report is not None
+    assert report.failed == 1
     assert list(outside.rglob("*")) == []
 
 
@@ -250,18 +257,21 @@ def test_mirror_delete_safety(make_settings):
         mine.write_text("not the mirror's")
         client.delete_object(Bucket=bucket, Key=keys[0])
         report = service.sync_once(upload=False).mirror
-        assert report is not None and report.deleted == 1
+        assert report is not None
+        assert report.deleted == 1
         assert not (settings.local_path / keys[0]).exists()
         for k in keys[1:5]:
             client.delete_object(Bucket=bucket, Key=k)
         with captured_events() as events:
             capped = service.sync_once(upload=False).mirror
-        assert capped is not None and capped.deleted == 0
+        assert capped is not None
+        assert capped.deleted == 0
         assert events_named(events, "mirror.delete_refused")
         client.delete_object(Bucket=bucket, Key=keys[5])
         with captured_events() as events:
             empty = service.sync_once(upload=False).mirror
-        assert empty is not None and empty.deleted == 0
+        assert empty is not None
+        assert empty.deleted == 0
         assert "empty" in events_named(events, "mirror.delete_refused")[0]["reason"]
     finally:
         service.close()
@@ -281,7 +291,8 @@ def test_sync_dry_run_changes_nothing(make_settings):
     finally:
         service.close()
     assert summary.uploaded == 1
-    assert summary.mirror is not None and summary.mirror.downloaded == 1
+    assert summary.mirror is not None
+    assert summary.mirror.downloaded == 1
     assert list_keys(settings) == ["VASE/F1/F1_R.jpg"]
     assert list(settings.local_path.rglob("*")) == []
     assert not settings.state_path.exists()
@@ -333,7 +344,8 @@ def test_polling_watch_mode(make_settings):
     """S3_WATCH_MODE=polling (for network filesystems) still uploads dropped files."""
     settings = make_settings(**FAST, watch_mode="polling")
     with running(settings) as service:
-        assert service.watcher is not None and service.watcher.kind == "PollingObserver"
+        assert service.watcher is not None
+        assert service.watcher.kind == "PollingObserver"
         path = drop(settings.upload_dir_path, "F0001_POLL_1x1.jpg", b"polled")
         wait_for(lambda: object_bytes(settings, key_of(settings, path.name)) == b"polled", timeout=20)
 

@@ -101,7 +101,8 @@ def test_upload_fault(make_settings, s3_server, proxy, fault):
             return True
 
         wait_for(all_there, timeout=90, interval=0.3)
-        assert service.uploader is not None and service.uploader.is_alive()
+        assert service.uploader is not None
+        assert service.uploader.is_alive()
         wait_for(lambda: service.uploader is not None and service.uploader.pending() == 0, timeout=30)
     hits = sum(f.hits for f in proxy._faults)
     assert hits > 0, "the fault never fired"
@@ -128,7 +129,8 @@ def test_download_fault_keeps_previous_copy(make_settings, s3_server, proxy, kin
         assert first.failed > 0
         proxy.clear_faults()
         second = service.sync_once(upload=False).mirror
-        assert second is not None and second.failed == 0
+        assert second is not None
+        assert second.failed == 0
     finally:
         service.close()
     for key, body in data.items():
@@ -152,7 +154,9 @@ def test_listing_failing_half_way_deletes_nothing(make_settings, s3_server, prox
         proxy.set_faults([Fault("status", match=lambda m, p, h: "continuation-token" in p, status=500)])
         with captured_events() as events:
             partial = service.sync_once(upload=False).mirror
-        assert partial is not None and not partial.complete and partial.deleted == 0
+        assert partial is not None
+        assert not partial.complete
+        assert partial.deleted == 0
         assert events_named(events, "mirror.failed")
     finally:
         service.close()
@@ -178,7 +182,8 @@ def test_server_restarted_on_same_port(make_settings, s3_server, proxy):
             timeout=60,
             interval=0.3,
         )
-        assert service.uploader is not None and service.uploader.is_alive()
+        assert service.uploader is not None
+        assert service.uploader.is_alive()
 
 
 def _get(settings, key: str) -> bytes | None:

@@ -28,7 +28,9 @@ def _closed_port() -> int:
 
 
 def run(args: list[str], env: dict[str, str], cwd: Path) -> str:
-    r = subprocess.run([sys.executable, "-m", "s3sync", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "s3sync", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
     return r.stdout + r.stderr
 
 
@@ -67,7 +69,8 @@ def test_exception_text_has_no_secret(make_settings):
     with Transport(settings) as t, pytest.raises(S3SyncError) as info:
         t.upload("B0001_E.jpg")
     blob = f"{info.value} {info.value.context} {info.value.__cause__!r}"
-    assert ACCESS not in blob and SECRET not in blob
+    assert ACCESS not in blob
+    assert SECRET not in blob
 
 
 def test_settings_repr_and_validation_errors_hide_secrets(monkeypatch):
@@ -75,7 +78,8 @@ def test_settings_repr_and_validation_errors_hide_secrets(monkeypatch):
     monkeypatch.setenv("S3_AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setenv("S3_AWS_ACCESS_KEY_ID", ACCESS)
     settings = load_settings(None)
-    assert SECRET not in repr(settings) and SECRET not in str(settings.masked())
+    assert SECRET not in repr(settings)
+    assert SECRET not in str(settings.masked())
     monkeypatch.setenv("S3_LOCAL_PATH", SECRET)  # relative path: invalid, and must not be echoed
     with pytest.raises(S3SyncError) as info:
         load_settings(None)
@@ -90,6 +94,8 @@ def test_log_redaction_catches_stray_secret():
 
     structlog.get_logger("t").error("oops", detail={"nested": f"key={SECRET}"}, exc=RuntimeError(SECRET))
     out = stream.getvalue()
-    assert "oops" in out and SECRET not in out and "********" in out
+    assert "oops" in out
+    assert SECRET not in out
+    assert "********" in out
     configure_logging("json", "warning", stream=io.StringIO())
     os.environ.pop("S3_LOG_LEVEL", None)

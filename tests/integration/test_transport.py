@@ -25,7 +25,8 @@ def test_upload_download_round_trip(make_settings):
     (settings.upload_dir_path / NAME).write_bytes(data)
     with Transport(settings) as t:
         result = t.upload(NAME)
-        assert not result.skipped and result.bytes == len(data)
+        assert not result.skipped
+        assert result.bytes == len(data)
         assert result.key == "CLIPPING-FLOWER/CF0001-B0001/" + NAME
         path = t.download(Resource(NAME, settings=settings))
     assert path == settings.local_path / result.key
@@ -143,9 +144,12 @@ def test_tree_walk_of_2500_objects(make_settings):
     assert root["BACKGROUND"].type == FileTreeNode.DIR
     leaf = root["BACKGROUND"]["B0003"]["B0003_00345.jpg"]
     assert leaf.type == FileTreeNode.FILE == FileTreeNode.File
-    assert leaf.size == 1 and leaf.path == "BACKGROUND/B0003/B0003_00345.jpg" and leaf.etag
+    assert leaf.size == 1
+    assert leaf.path == "BACKGROUND/B0003/B0003_00345.jpg"
+    assert leaf.etag
     sub = browser.walk("BACKGROUND/B0024")
-    assert sub.is_dir and len(sub) == 100
+    assert sub.is_dir
+    assert len(sub) == 100
     assert sum(1 for _ in browser.iter_objects("BACKGROUND/B001")) == 1000
     browser.transport.close()
 
