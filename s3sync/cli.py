@@ -391,7 +391,7 @@ def sync(
             m = summary.mirror
             line.append(
                 f"mirror: listed {m.listed}, {'would download' if dry_run else 'downloaded'} {m.downloaded}, "
-                f"deleted {m.deleted}, failed {m.failed}, unsafe keys {m.unsafe}"
+                f"deleted {m.deleted}, failed {m.failed}, unsafe keys {m.unsafe}, key conflicts {m.conflicts}"
             )
         err.print("; ".join(line), markup=False, highlight=False)
         if summary.failed:
@@ -413,9 +413,13 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         beat = float(snap.get("time") or 0)
         last_ok = snap.get("last_mirror_ok")
         max_age = settings.health_max_mirror_age or (3 * settings.mirror_interval + 60)
-        problems = []
-        if beat and now - beat > 30:
-            problems.append(f"no status from the daemon for {int(now - beat)} s (stopped or stuck)")
+        problems: list[str] = []
+        if snap.get("state") == "stopped":
+            problems.append("the daemon is not running (it stopped cleanly)")
+        elif beat and now - beat > 30:
+            problems.append(f"no status from the daemon for {int(now - beat)} s (killed or stuck)")
+        else:
+            problems.extend(str(p) for p in snap.get("problems") or ())
         if settings.mirror_interval > 0 and (not last_ok or now - float(last_ok) > max_age):
             problems.append("no successful mirror pass recently")
         snap["healthy"] = not problems

@@ -7,6 +7,7 @@ Only counters and timestamps are exposed: nothing here can carry a secret.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -115,6 +116,10 @@ def _nan_if_none(fn: Callable[[], float | None]) -> Callable[[], float]:
     return value
 
 
+class _ThreadingHTTPServerV6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class MetricsServer:
     """``/metrics`` and ``/healthz`` over HTTP on ``HOST:PORT`` (port 0 picks a free one)."""
 
@@ -141,7 +146,9 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 return
 
-        self._server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+        bind_host = host.strip("[]") or "127.0.0.1"
+        server_class = _ThreadingHTTPServerV6 if ":" in bind_host else ThreadingHTTPServer
+        self._server = server_class((bind_host, int(port)), Handler)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -149,6 +156,12 @@ class MetricsServer:
     def port(self) -> int:
         """The bound port."""
         return int(self._server.server_address[1])
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` as bound (the real port when 0 was asked for)."""
+        host = str(self._server.server_address[0])
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     def start(self) -> None:
         """Serve in a background thread."""

@@ -63,7 +63,7 @@ class Mirror:
         state: State,
         *,
         dry_run: bool = False,
-        on_result: Callable[[str, int], None] | None = None,
+        on_result: Callable[[str, int, float], None] | None = None,
     ) -> None:
         self.settings = settings
         self.transport = transport
@@ -129,6 +129,10 @@ class Mirror:
         )
         return report
 
+    def _beat(self, _nbytes: int = 0) -> None:
+        """Bytes moved: the pass is alive, however long one download takes."""
+        self.heartbeat = time.monotonic()
+
     def _drain(self, futures: list[Future[None]], *, keep: int) -> list[Future[None]]:
         while len(futures) > keep:
             futures.pop(0).result()
@@ -192,7 +196,7 @@ class Mirror:
 
     def _download(self, obj: RemoteObject, pass_no: int, report: MirrorReport) -> None:
         try:
-            result = self.transport.download_key(obj.key, remote=obj)
+            result = self.transport.download_key(obj.key, remote=obj, progress=self._beat)
             st = os.lstat(result.path)
             self.state.record_mirrored(obj.key, obj.size, obj.etag, st.st_size, st.st_mtime_ns, pass_no)
         except S3SyncError as exc:
@@ -200,7 +204,7 @@ class Mirror:
                 report.failed += 1
                 report.errors.append(str(exc))
             if self._on_result is not None:
-                self._on_result("failed", 0)
+                self._on_result("failed", 0, 0.0)
             log.error("mirror.failed", key=obj.key, error=str(exc))
             return
         except OSError as exc:
@@ -215,7 +219,7 @@ class Mirror:
                 report.downloaded += 1
                 report.bytes += result.bytes
         if self._on_result is not None:
-            self._on_result("skipped" if result.skipped else "downloaded", result.bytes)
+            self._on_result("skipped" if result.skipped else "downloaded", result.bytes, result.duration_ms / 1000)
         if not result.skipped:
             log.info("mirror.downloaded", key=obj.key, bytes=result.bytes, duration_ms=result.duration_ms)
 
@@ -245,4 +249,6 @@ class Mirror:
             if remove_under(self.root, segments):
                 report.deleted += 1
                 log.info("mirror.deleted", key=rec.key)
+                if self._on_result is not None:
+                    self._on_result("deleted", 0, 0.0)
             self.state.forget_mirrored(rec.key)

@@ -38,7 +38,6 @@ __all__ = ["Service", "SyncSummary", "read_status"]
 log = structlog.get_logger("s3sync")
 
 _STATUS_EVERY = 5.0
-_LOOP_STALE = 60.0
 
 
 @dataclass
@@ -89,6 +88,9 @@ class Service:
         self._last_mirror: MirrorReport | None = None
         self._last_rescan = 0.0
         self._started = time.monotonic()
+        self._supervisor_heartbeat = time.monotonic()
+        self._running = False
+        self.metrics_server: MetricsServer | None = None
 
     # --- shared set-up -------------------------------------------------------------------
     def prepare(self) -> None:
@@ -105,12 +107,14 @@ class Service:
                 gone = False
             log.info("upload.multipart_aborted" if gone else "upload.multipart_abort_failed", key=key)
 
-    def _result(self, direction: str) -> Callable[[str, int], None]:
-        def record(outcome: str, nbytes: int) -> None:
+    def _result(self, direction: str) -> Callable[[str, int, float], None]:
+        def record(outcome: str, nbytes: int, seconds: float) -> None:
             if direction == "upload":
-                self.metrics.upload_done(outcome, nbytes, 0.0)
+                self.metrics.upload_done(outcome, nbytes, seconds)
+            elif outcome == "deleted":
+                self.metrics.deleted()
             else:
-                self.metrics.download_done(outcome, nbytes, 0.0)
+                self.metrics.download_done(outcome, nbytes, seconds)
             if self._on_result_extra is not None:
                 self._on_result_extra(f"{direction}.{outcome}", nbytes)
 
@@ -183,12 +187,8 @@ class Service:
     def health(self) -> tuple[bool, dict[str, object]]:
         """Whether the loops are alive and the last mirror pass is recent enough."""
         now = time.monotonic()
-        reasons: list[str] = []
-        if self.uploader is None or not self.uploader.is_alive():
-            reasons.append("upload loop is not running")
+        reasons = self._stalled_loops()
         if self.settings.mirror_interval > 0:
-            if now - self._mirror_heartbeat > _LOOP_STALE + self.settings.read_timeout:
-                reasons.append("mirror loop is stuck")
             max_age = self.settings.health_max_mirror_age or (3 * self.settings.mirror_interval + 60)
             age = self.metrics.seconds_since_mirror()
             started_ago = now - self._started
@@ -199,13 +199,23 @@ class Service:
         return not reasons, {"ok": not reasons, "reasons": reasons, **self.status_snapshot()}
 
     def loops_alive(self) -> bool:
-        """Upload and mirror loops both ticked recently (gates the systemd watchdog pings)."""
+        """Upload, mirror and supervisor loops all ticked recently (gates the systemd watchdog pings)."""
+        return not self._stalled_loops()
+
+    def _stalled_loops(self) -> list[str]:
+        """Why the daemon is not healthy right now: each loop that died or stopped ticking."""
         now = time.monotonic()
-        up = self.uploader is not None and self.uploader.is_alive()
-        mirror_ok = self.settings.mirror_interval <= 0 or now - self._mirror_heartbeat < _LOOP_STALE + (
-            self.settings.read_timeout
-        )
-        return up and mirror_ok
+        stall = self.settings.loop_stall_seconds
+        reasons: list[str] = []
+        if self.uploader is None or not self.uploader.is_alive():
+            reasons.append("upload loop is not running or stuck")
+        if self.settings.mirror_interval > 0:
+            self._mirror_beat()
+            if now - self._mirror_heartbeat > stall:
+                reasons.append("mirror loop is stuck")
+        if now - self._supervisor_heartbeat > stall:
+            reasons.append("supervisor loop is stuck")
+        return reasons
 
     def status_snapshot(self) -> dict[str, Any]:
         """Counters for STATUS=, ``s3sync status`` and /healthz."""
@@ -222,6 +232,8 @@ class Service:
             "last_mirror_ok": self.state.get_meta("last_mirror_ok"),
             "last_mirror": asdict(last) if last else None,
             "watcher": self.watcher.kind if self.watcher else None,
+            "state": "running" if self._running else "stopped",
+            "problems": self._stalled_loops() if self._running else [],
         }
 
     def _status_line(self) -> str:
@@ -295,6 +307,9 @@ class Service:
         if settings.metrics_addr:
             server = MetricsServer(settings.metrics_addr, self.metrics, self.health)
             server.start()
+            self.metrics_server = server
+            log.info("metrics.listening", url=f"http://{server.address}/metrics")
+        self._running = True
         pinger = WatchdogPinger(self.notifier, self.loops_alive, halt)
         if self.notifier.watchdog_interval:
             pinger.start()
@@ -305,6 +320,7 @@ class Service:
         try:
             while not stop.is_set() and not wake.is_set():
                 stop.wait(0.5)
+                self._supervisor_heartbeat = time.monotonic()
                 self._supervise()
                 self._mirror_beat()
                 now = time.monotonic()
@@ -320,6 +336,7 @@ class Service:
                 self.notifier.stopping()
             log.info("daemon.stopping", in_flight=uploader.pending())
             halt.set()
+            self._running = False
             self.watcher.stop()
             clean = uploader.stop(timeout=settings.shutdown_timeout)
             if self._mirror_thread is not None:

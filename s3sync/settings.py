@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     # --- the service -------------------------------------------------------------------------
     metrics_addr: str | None = None
     health_max_mirror_age: float = Field(0.0, ge=0, description="0: three mirror intervals.")
+    loop_stall_seconds: float = Field(
+        60.0, ge=1, le=3600, description="A loop that has not ticked for this long is hung: watchdog pings stop."
+    )
     local_server: bool = Field(False, description="Start an embedded rclone S3 server (demo).")
 
     # --- validators --------------------------------------------------------------------------
@@ -258,8 +261,8 @@ class Settings(BaseSettings):
         if not v:
             return None
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9108")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9108 (port 0: any free port)")
         return v
 
     @model_validator(mode="after")

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import boto3
 import botocore.exceptions
+import structlog
 from botocore.config import Config
 
 from s3sync.errors import (
@@ -54,6 +55,8 @@ from s3sync.settings import Settings, default_settings
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+log = structlog.get_logger("s3sync")
 
 __all__ = [
     "META_SHA256",
@@ -274,6 +277,11 @@ class Transport:
             max_workers=max(2, self.settings.max_concurrency), thread_name_prefix="s3sync-part"
         )
         self._closed = threading.Event()
+        # Keys whose CreateMultipartUpload failed without a clear answer: the server may have
+        # created an upload we never heard of. Swept before the next multipart upload of the key.
+        self._orphan_suspects: set[str] = set()
+        self._active_uploads: set[str] = set()
+        self._lock = threading.Lock()
 
     # --- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
@@ -462,6 +470,8 @@ class Transport:
             return UploadResult(res.key, path, 0, sha.sha256, known.etag, True, True, 0)
         chunk = max(self.settings.multipart_chunksize, math.ceil(size / _MAX_PARTS))
         nparts = max(1, math.ceil(size / chunk))
+        if res.key in self._orphan_suspects:
+            self._sweep_orphans(res.key)
         try:
             mpu = self.client.create_multipart_upload(
                 Bucket=self.bucket,
@@ -470,10 +480,48 @@ class Transport:
                 Metadata={META_SHA256: sha.sha256},
             )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+            if not isinstance(exc, botocore.exceptions.ClientError):
+                # No answer (reset, timeout): the upload may exist on the server all the same.
+                with self._lock:
+                    self._orphan_suspects.add(res.key)
+                self._sweep_orphans(res.key)
             raise translate(
                 exc, action="CreateMultipartUpload", bucket=self.bucket, key=res.key, kind=UploadError
             ) from exc
         upload_id = mpu["UploadId"]
+        with self._lock:
+            self._active_uploads.add(upload_id)
+        try:
+            return self._send_parts(f, path, res, sha.sha256, size, chunk, nparts, upload_id)
+        finally:
+            with self._lock:
+                self._active_uploads.discard(upload_id)
+
+    def _sweep_orphans(self, key: str) -> None:
+        """Abort multipart uploads of ``key`` that this process does not own (best effort).
+
+        They can only come from a CreateMultipartUpload whose answer was lost, or from a run that
+        crashed before noting the upload: s3sync is about to write ``key`` anyway.
+        """
+        try:
+            resp = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError):
+            return  # still suspect: tried again before the next multipart upload of this key
+        with self._lock:
+            stale = [
+                u["UploadId"]
+                for u in resp.get("Uploads", [])
+                if u.get("Key") == key and u.get("UploadId") not in self._active_uploads
+            ]
+        if all(self._abort(key, upload_id) for upload_id in stale):
+            with self._lock:
+                self._orphan_suspects.discard(key)
+            for upload_id in stale:
+                log.info("upload.multipart_aborted", key=key, upload_id=upload_id, reason="orphaned by a lost answer")
+
+    def _send_parts(
+        self, f: Any, path: Path, res: Resource, sha256: str, size: int, chunk: int, nparts: int, upload_id: str
+    ) -> UploadResult:
         if self.tracker is not None:
             self.tracker.add_multipart(upload_id, res.key)
         fd = f.fileno()
@@ -522,7 +570,7 @@ class Transport:
         expected = hashlib.md5(b"".join(d for _, _, d in parts), usedforsecurity=False).hexdigest() + f"-{nparts}"
         if etag.endswith(f"-{nparts}") and etag != expected:
             raise IntegrityError(f"multipart {res.key}: ETag {etag} != expected {expected}", key=res.key)
-        return UploadResult(res.key, path, size, sha.sha256, etag, False, True, 0)
+        return UploadResult(res.key, path, size, sha256, etag, False, True, 0)
 
     def _collect_parts(self, futures: list[Future[tuple[int, str, bytes]]], key: str) -> list[tuple[int, str, bytes]]:
         """Wait for every part; stop at the first failure or when the transport is closed."""

@@ -85,7 +85,7 @@ class Uploader:
         *,
         one_shot: bool = False,
         dry_run: bool = False,
-        on_result: Callable[[str, int], None] | None = None,
+        on_result: Callable[[str, int, float], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
@@ -226,7 +226,8 @@ class Uploader:
 
     def is_alive(self) -> bool:
         """Whether the dispatcher thread runs and has ticked recently."""
-        return self._thread is not None and self._thread.is_alive() and time.monotonic() - self.heartbeat < 30.0
+        stall = self.settings.loop_stall_seconds
+        return self._thread is not None and self._thread.is_alive() and time.monotonic() - self.heartbeat < stall
 
     def pending(self) -> int:
         """Files queued or in flight."""
@@ -372,7 +373,7 @@ class Uploader:
         if self.one_shot:
             delay = min(delay, 2.0)
         if self._on_result is not None:
-            self._on_result("failed", 0)
+            self._on_result("failed", 0, 0.0)
         if final:
             self.stats.failed_final += 1
             log.error("upload.failed", path=item.rel, error=error, attempt=item.attempt, retry_in=None, final=True)
@@ -419,7 +420,7 @@ class Uploader:
             self.stats.skipped += 1
             log.info("upload.skipped", path=rel, key=result.key, reason="same content already in the bucket")
             if self._on_result is not None:
-                self._on_result("skipped", 0)
+                self._on_result("skipped", 0, 0.0)
         else:
             self.stats.uploaded += 1
             self.stats.bytes += result.bytes
@@ -432,14 +433,14 @@ class Uploader:
                 multipart=result.multipart,
             )
             if self._on_result is not None:
-                self._on_result("succeeded", result.bytes)
+                self._on_result("succeeded", result.bytes, result.duration_ms / 1000)
 
     def _reject(self, path: Path, rel: str, local: LocalStat, rec: UploadRecord | None, reason: str) -> None:
         if rec is not None and rec.status == "rejected" and (rec.size, rec.mtime_ns) == (local.size, local.mtime_ns):
             return
         self.stats.rejected += 1
         if self._on_result is not None:
-            self._on_result("rejected", 0)
+            self._on_result("rejected", 0, 0.0)
         if self.dry_run:
             log.info("upload.would_reject", path=rel, reason=reason)
             return

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -81,16 +82,27 @@ def test_sigkill_loop_loses_nothing(make_settings, tmp_path):
         text=True,
     )
     assert proc.stderr is not None
-    try:
-        for line in proc.stderr:  # until the daemon is up and its signal handlers are installed
+    # Read the daemon's log all along: a full pipe would block its logging, and with it the daemon.
+    tail: list[str] = []
+    ready = threading.Event()
+
+    def drain() -> None:
+        for line in proc.stderr or ():
+            tail.append(line)
             if '"daemon.ready"' in line:
-                break
+                ready.set()
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(timeout=60), "the daemon never became ready"  # its signal handlers are installed
         wait_for(lambda: not any(settings.upload_dir_path.iterdir()), timeout=180, interval=0.5)
         wait_for(lambda: mirror_complete(settings, expected), timeout=120, interval=0.5)
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err[-2000:]
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    assert proc.returncode == 0, "".join(tail[-20:])
     assert bucket_hashes(settings) == expected
     client = make_client(settings)
     assert client.list_multipart_uploads(Bucket=settings.require_bucket()).get("Uploads", []) == []
