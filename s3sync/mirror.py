@@ -15,16 +15,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 
-from s3sync.errors import S3SyncError, UnsafeKeyError
-from s3sync.localfs import lstat_under, remove_under
+from s3sync.errors import LocalFileError, S3SyncError, UnsafeKeyError
+from s3sync.localfs import CommitGroup, lstat_under, remove_under
 from s3sync.paths import PathClaims, key_to_relpath
 from s3sync.plan import LocalStat, MirrorAction, plan_mirror
 from s3sync.settings import Settings
 from s3sync.state import MirrorRecord, State
-from s3sync.transport import RemoteObject, Transport
+from s3sync.transport import DownloadResult, RemoteObject, Transport
 
 __all__ = ["Mirror", "MirrorReport"]
 
@@ -88,7 +89,8 @@ class Mirror:
         workers = self.settings.max_concurrency
         inflight: list[Future[None]] = []
         claims = PathClaims()
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3sync-mirror") as pool:
+        group = CommitGroup()
+        with group, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3sync-mirror") as pool:
             try:
                 for page in self.transport.list_pages(prefix):
                     self.heartbeat = time.monotonic()
@@ -99,7 +101,7 @@ class Mirror:
                     for obj in page:
                         report.listed += 1
                         if self._plan_one(obj, records.get(obj.key), report, seen, claims):
-                            inflight.append(pool.submit(self._download, obj, pass_no, report))
+                            inflight.append(pool.submit(self._download, obj, pass_no, report, group))
                         if len(inflight) >= workers * 4:
                             inflight = self._drain(inflight, keep=workers * 2)
                     if self.settings.mirror_delete and not self.dry_run:
@@ -194,34 +196,58 @@ class Mirror:
                 self._reported.add(key)
         log.warning(event, key=key, **fields)
 
-    def _download(self, obj: RemoteObject, pass_no: int, report: MirrorReport) -> None:
-        try:
-            result = self.transport.download_key(obj.key, remote=obj, progress=self._beat)
-            st = os.lstat(result.path)
-            self.state.record_mirrored(obj.key, obj.size, obj.etag, st.st_size, st.st_mtime_ns, pass_no)
-        except S3SyncError as exc:
+    def _download(self, obj: RemoteObject, pass_no: int, report: MirrorReport, group: CommitGroup) -> None:
+        """Fetch one object; the commit group finishes it (or it was already identical: skipped)."""
+        started = time.monotonic()
+        fetched: list[DownloadResult] = []
+
+        def durable(path: Path | None, error: LocalFileError | None) -> None:
+            if error is not None or path is None:
+                self._failed(obj.key, report, str(error))
+                return
+            try:
+                st = os.lstat(path)
+                self.state.record_mirrored(obj.key, obj.size, obj.etag, st.st_size, st.st_mtime_ns, pass_no)
+            except (S3SyncError, OSError) as exc:
+                self._failed(obj.key, report, _describe(exc))
+                return
+            result = fetched[0] if fetched else None
+            nbytes = result.bytes if result else obj.size
+            seconds = time.monotonic() - started
             with self._lock:
-                report.failed += 1
-                report.errors.append(str(exc))
-            if self._on_result is not None:
-                self._on_result("failed", 0, 0.0)
-            log.error("mirror.failed", key=obj.key, error=str(exc))
-            return
-        except OSError as exc:
-            with self._lock:
-                report.failed += 1
-            log.error("mirror.failed", key=obj.key, error=f"{type(exc).__name__}: {exc.strerror}")
-            return
-        with self._lock:
-            if result.skipped:
-                report.skipped += 1
-            else:
                 report.downloaded += 1
-                report.bytes += result.bytes
+                report.bytes += nbytes
+            if self._on_result is not None:
+                self._on_result("downloaded", nbytes, seconds)
+            log.info("mirror.downloaded", key=obj.key, bytes=nbytes, duration_ms=int(seconds * 1000))
+
+        try:
+            result = self.transport.download_key(
+                obj.key, remote=obj, progress=self._beat, group=group, on_durable=durable
+            )
+        except (S3SyncError, OSError) as exc:
+            self._failed(obj.key, report, _describe(exc))
+            return
+        fetched.append(result)
+        if result.skipped:
+            try:
+                st = os.lstat(result.path)
+                self.state.record_mirrored(obj.key, obj.size, obj.etag, st.st_size, st.st_mtime_ns, pass_no)
+            except (S3SyncError, OSError) as exc:
+                self._failed(obj.key, report, _describe(exc))
+                return
+            with self._lock:
+                report.skipped += 1
+            if self._on_result is not None:
+                self._on_result("skipped", 0, result.duration_ms / 1000)
+
+    def _failed(self, key: str, report: MirrorReport, error: str) -> None:
+        with self._lock:
+            report.failed += 1
+            report.errors.append(error)
         if self._on_result is not None:
-            self._on_result("skipped" if result.skipped else "downloaded", result.bytes, result.duration_ms / 1000)
-        if not result.skipped:
-            log.info("mirror.downloaded", key=obj.key, bytes=result.bytes, duration_ms=result.duration_ms)
+            self._on_result("failed", 0, 0.0)
+        log.error("mirror.failed", key=key, error=error)
 
     def _delete_gone(self, pass_no: int, report: MirrorReport) -> None:
         if report.listed == 0:
@@ -252,3 +278,12 @@ class Mirror:
                 if self._on_result is not None:
                     self._on_result("deleted", 0, 0.0)
             self.state.forget_mirrored(rec.key)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a failed item: our own message, or the OS error without a traceback."""
+    if isinstance(exc, S3SyncError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"

@@ -29,7 +29,7 @@ from s3sync.mirror import Mirror, MirrorReport
 from s3sync.notify import Notifier, WatchdogPinger
 from s3sync.settings import Settings
 from s3sync.state import State
-from s3sync.transport import RemoteObject, Transport
+from s3sync.transport import PENDING_MULTIPART, RemoteObject, Transport
 from s3sync.uploader import Uploader
 from s3sync.watcher import Watcher
 
@@ -102,10 +102,19 @@ class Service:
             log.info("mirror.temp_swept", count=swept)
         for upload_id, key in self.state.open_multipart():
             try:
-                gone = self.transport.abort_multipart(key, upload_id)
+                if upload_id.startswith(PENDING_MULTIPART):
+                    # Killed while creating it: the id never reached us; any upload of the key is stale.
+                    gone = self.transport.abort_orphans(key)
+                    if gone:
+                        self.state.remove_multipart(upload_id)
+                else:
+                    gone = self.transport.abort_multipart(key, upload_id)
             except S3SyncError:
                 gone = False
-            log.info("upload.multipart_aborted" if gone else "upload.multipart_abort_failed", key=key)
+            if not gone:
+                log.warning("upload.multipart_abort_failed", key=key)
+            elif not upload_id.startswith(PENDING_MULTIPART):
+                log.info("upload.multipart_aborted", key=key, upload_id=upload_id, reason="left open by a crash")
 
     def _result(self, direction: str) -> Callable[[str, int, float], None]:
         def record(outcome: str, nbytes: int, seconds: float) -> None:

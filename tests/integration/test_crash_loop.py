@@ -102,6 +102,7 @@ def test_sigkill_loop_loses_nothing(make_settings, tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         reader.join(timeout=10)
+        proc.stderr.close()
     assert proc.returncode == 0, "".join(tail[-20:])
     assert bucket_hashes(settings) == expected
     client = make_client(settings)

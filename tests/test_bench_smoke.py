@@ -1,0 +1,34 @@
+"""Smoke test of the peer benchmark: ``python -m bench.run --smoke`` runs end to end and writes its report."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(300)
+def test_bench_smoke_writes_every_table(tmp_path: Path) -> None:
+    """The tiny benchmark exits 0 and reports every scenario, a row for s3sync, and the daemon section."""
+    out = tmp_path / "B.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
+    text = out.read_text()
+    for scenario in ("upload", "mirror", "noop", "large-up", "large-down"):
+        assert f"## {scenario}:" in text, scenario
+    s3sync_rows = [line for line in text.splitlines() if line.startswith("| s3sync | ")]
+    assert len(s3sync_rows) >= 5, s3sync_rows  # one per scenario table (and one in the summary)
+    assert "FAILED:" not in text
+    assert "## daemon:" in text
+    assert "| latency p50 |" in text
