@@ -167,26 +167,35 @@ class Service:
         return summary
 
     def _listing_for_scan(self, uploader: Uploader) -> dict[str, RemoteObject] | None:
-        """For a large catch-up, one listing per top-level prefix replaces a HEAD per file."""
-        count = 0
-        prefixes: set[str] = set()
+        """For a large catch-up, a listing replaces a HEAD per file (1 request per 1,000 keys).
+
+        The keys of the files to upload are grouped by their first path segment; with few groups
+        each is listed, else their longest common prefix (often the whole bucket). A listing that
+        grows beyond a quarter of the files' count in pages, or beyond 200 pages, is abandoned:
+        HEADs are cheaper then, and memory stays bounded.
+        """
         from s3sync.resource import Resource
 
+        keys: list[str] = []
         for path in uploader._walk(self.settings.upload_dir_path):
             try:
-                key = Resource(path.name, settings=self.settings).key
+                keys.append(Resource(path.name, settings=self.settings).key)
             except S3SyncError:
                 continue
-            count += 1
-            prefixes.add(key.split("/", 1)[0] + "/" if "/" in key else key)
-            if len(prefixes) > 64:
-                return None
-        if count < 32:
+        if len(keys) < 32:
             return None
+        groups = sorted({key.split("/", 1)[0] + "/" if "/" in key else key for key in keys})
+        # A character prefix is what S3 wants here, not a path prefix.
+        prefixes = groups if len(groups) <= 64 else [os.path.commonprefix(keys)]  # noqa: RUF071
+        budget = min(200, max(1, len(keys) // 4))
         listing: dict[str, RemoteObject] = {}
+        pages = 0
         try:
-            for prefix in sorted(prefixes):
+            for prefix in prefixes:
                 for page in self.transport.list_pages(prefix):
+                    pages += 1
+                    if pages > budget:
+                        return None
                     listing.update((o.key, o) for o in page)
         except S3SyncError:
             return None

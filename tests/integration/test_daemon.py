@@ -371,3 +371,27 @@ def test_rescan_catches_missed_files(make_settings):
         path = drop(settings.upload_dir_path, "B0002_MISSED_1x1.jpg", b"missed")
         wait_for(lambda: object_bytes(settings, key_of(settings, path.name)) == b"missed", timeout=20)
     assert events_named(events, "upload.rescan")
+
+
+@pytest.mark.parametrize("template", ["{category}/{folder}/{name}", "{name}"])
+def test_large_catch_up_lists_instead_of_a_head_per_file(make_settings, template):
+    """`sync` over 300 new files (some already in the bucket) lists once: no HEAD per file, no re-upload."""
+    settings = make_settings(**FAST, key_template=template)
+    client = make_client(settings)
+    names = [f"B{i:04d}_CATCHUP_1x1.jpg" for i in range(300)]
+    for name in names:
+        (settings.upload_dir_path / name).write_bytes(name.encode())
+    for name in names[:50]:  # already there with the same bytes, put by someone else
+        client.put_object(
+            Bucket=settings.require_bucket(), Key=Resource(name, settings=settings).key, Body=name.encode()
+        )
+    transport, counter = counted_transport(settings)
+    service = Service(settings, transport=transport, environ={})
+    try:
+        summary = service.sync_once(mirror=False)
+    finally:
+        service.close()
+    assert (summary.uploaded, summary.upload_skipped, summary.upload_failed) == (250, 50, 0)
+    assert counter.count("HeadObject") == 0  # the listing answered for every file
+    assert counter.count("PutObject") == 250  # the 50 identical objects were recognised by their MD5 ETag
+    assert 1 <= counter.count("ListObjectsV2") <= 5
