@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(5.0, gt=0, le=300)
     read_timeout: float = Field(60.0, gt=0, le=3600)
     max_attempts: int = Field(3, ge=1, le=20, description="botocore attempts per request.")
+    fast_path: bool = Field(
+        True, description="GET/PUT of single objects on a custom endpoint bypass botocore's pipeline."
+    )
 
     # --- the daemon --------------------------------------------------------------------------
     watch_mode: Literal["auto", "inotify", "polling"] = "auto"

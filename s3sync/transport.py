@@ -26,7 +26,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,6 +50,7 @@ from s3sync.errors import (
     TransferError,
     UploadError,
 )
+from s3sync.fastpath import FastPath
 from s3sync.localfs import AtomicWriter, CommitGroup, Durable, hash_file, lstat_under
 from s3sync.paths import key_to_relpath
 from s3sync.resource import Resource
@@ -294,6 +295,19 @@ class Transport:
         self.tracker = tracker
         self.bucket = self.settings.require_bucket()
         self.client: S3Client = client if client is not None else make_client(self.settings)
+        #: The lean GET/PUT path (custom endpoints with path-style addressing), or None: botocore.
+        self.fast: FastPath | None = None
+        if self.settings.fast_path and self.settings.endpoint_url:
+            try:
+                self.fast = FastPath(
+                    self.client,
+                    self.bucket,
+                    max_connections=max(10, self.settings.max_concurrency * 2),
+                    connect_timeout=self.settings.connect_timeout,
+                    read_timeout=self.settings.read_timeout,
+                )
+            except botocore.exceptions.NoCredentialsError:
+                self.fast = None  # anonymous access: botocore knows how to send unsigned requests
         self._parts = ThreadPoolExecutor(
             max_workers=max(2, self.settings.max_concurrency), thread_name_prefix="s3sync-part"
         )
@@ -309,6 +323,8 @@ class Transport:
         """Stop the part pool (waiting for nothing: in-flight parts finish or fail on their own)."""
         self._closed.set()
         self._parts.shutdown(wait=False, cancel_futures=True)
+        if self.fast is not None:
+            self.fast.close()
 
     def __enter__(self) -> Transport:
         return self
@@ -459,15 +475,26 @@ class Transport:
             known = self.head(res.key)  # listing said "same size" but cannot tell content: ask for metadata
         if known is not None and known.same_content(len(data), sha, md5.hexdigest()):
             return UploadResult(res.key, path, 0, sha, known.etag, True, False, 0)
+        resp: Mapping[str, Any]
         try:
-            resp = self.client.put_object(
-                Bucket=self.bucket,
-                Key=res.key,
-                Body=data,
-                ContentMD5=_b64(md5.digest()),
-                ContentType=content_type_for(res.name),
-                Metadata={META_SHA256: sha},
-            )
+            if self.fast is not None:
+                resp = self.fast.put_object(
+                    res.key,
+                    data,
+                    sha256_hex=sha,
+                    content_md5=_b64(md5.digest()),
+                    content_type=content_type_for(res.name),
+                    metadata={META_SHA256: sha},
+                )
+            else:
+                resp = self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=res.key,
+                    Body=data,
+                    ContentMD5=_b64(md5.digest()),
+                    ContentType=content_type_for(res.name),
+                    Metadata={META_SHA256: sha},
+                )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
             raise translate(exc, action="PUT", bucket=self.bucket, key=res.key, kind=UploadError) from exc
         etag = _unquote(resp.get("ETag"))
@@ -685,8 +712,12 @@ class Transport:
         group: CommitGroup | None = None,
         on_durable: Durable | None = None,
     ) -> DownloadResult:
+        resp: Mapping[str, Any]
         try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+            if self.fast is not None:
+                resp = self.fast.get_object(key)
+            else:
+                resp = self.client.get_object(Bucket=self.bucket, Key=key)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
             raise translate(exc, action="GET", bucket=self.bucket, key=key, kind=DownloadError) from exc
         length = int(resp.get("ContentLength", -1))

@@ -39,8 +39,12 @@ class KeyCounter:
         client.meta.events.register("provide-client-params.s3.*", self._seen)
 
     def _seen(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        self.record(model.name, str(params.get("Key", params.get("Prefix", ""))))
+
+    def record(self, operation: str, key: str) -> None:
+        """Count one request (also the hook of the transport's fast GET/PUT path)."""
         with self._lock:
-            self.calls[(model.name, str(params.get("Key", params.get("Prefix", ""))))] += 1
+            self.calls[(operation, key)] += 1
 
     def count(self, op: str, key: str | None = None) -> int:
         """Calls of ``op`` (for ``key`` when given)."""
@@ -57,7 +61,10 @@ def counted_transport(settings: Settings) -> tuple[Transport, KeyCounter]:
     """A real Transport whose client counts its requests."""
     client = make_client(settings)
     counter = KeyCounter(client)
-    return Transport(settings, client=client), counter
+    transport = Transport(settings, client=client)
+    if transport.fast is not None:
+        transport.fast.hooks.append(counter.record)
+    return transport, counter
 
 
 @contextlib.contextmanager
