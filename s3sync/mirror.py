@@ -83,7 +83,7 @@ class Mirror:
         started = time.monotonic()
         prefix = self.settings.mirror_prefix
         pass_no = self.state.next_pass() if not self.dry_run else 0
-        log.info("mirror.started", prefix=prefix, pass_no=pass_no)
+        log.debug("mirror.started", prefix=prefix, pass_no=pass_no)
         if not self.dry_run:
             self.root.mkdir(parents=True, exist_ok=True)
         workers = self.settings.max_concurrency
