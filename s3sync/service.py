@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -151,8 +152,9 @@ class Service:
             )
             self.uploader = uploader
             uploader.start()
-            listing = self._listing_for_scan(uploader)
-            uploader.scan(remote_lookup=listing.get if listing is not None else None)
+            candidates = uploader.candidates()
+            listing = self._listing_for(candidates)
+            uploader.queue(candidates, remote_lookup=listing.get if listing is not None else None)
             uploader.wait_idle()
             uploader.stop(timeout=self.settings.shutdown_timeout)
             s = uploader.stats
@@ -166,8 +168,11 @@ class Service:
             summary.mirror = self.mirror.run_pass()
         return summary
 
-    def _listing_for_scan(self, uploader: Uploader) -> dict[str, RemoteObject] | None:
+    def _listing_for(self, paths: list[Path]) -> dict[str, RemoteObject] | None:
         """For a large catch-up, a listing replaces a HEAD per file (1 request per 1,000 keys).
+
+        ``paths`` are the files that need an upload: files the state knows as uploaded and
+        unchanged cost nothing, so a no-op sync makes no request at all.
 
         The keys of the files to upload are grouped by their first path segment; with few groups
         each is listed, else their longest common prefix (often the whole bucket). A listing that
@@ -177,7 +182,7 @@ class Service:
         from s3sync.resource import Resource
 
         keys: list[str] = []
-        for path in uploader._walk(self.settings.upload_dir_path):
+        for path in paths:
             try:
                 keys.append(Resource(path.name, settings=self.settings).key)
             except S3SyncError:

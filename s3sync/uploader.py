@@ -188,12 +188,33 @@ class Uploader:
         for path in self._walk(self.root):
             batch.append(path)
             if len(batch) >= 500:
-                count += self._scan_batch(batch, remote_lookup)
+                count += self.queue(self._needing_upload(batch), remote_lookup=remote_lookup)
                 batch = []
-        return count + self._scan_batch(batch, remote_lookup)
+        return count + self.queue(self._needing_upload(batch), remote_lookup=remote_lookup)
 
-    def _scan_batch(self, paths: list[Path], remote_lookup: Callable[[str], RemoteObject | None] | None) -> int:
-        count = 0
+    def candidates(self) -> list[Path]:
+        """The files a scan would queue (for a caller that wants to look them up in the bucket first)."""
+        found: list[Path] = []
+        batch: list[Path] = []
+        for path in self._walk(self.root):
+            batch.append(path)
+            if len(batch) >= 500:
+                found.extend(self._needing_upload(batch))
+                batch = []
+        return found + self._needing_upload(batch)
+
+    def queue(self, paths: list[Path], *, remote_lookup: Callable[[str], RemoteObject | None] | None = None) -> int:
+        """Queue ``paths`` (from :meth:`candidates`); return how many."""
+        for path in paths:
+            remote: RemoteObject | object | None = UNKNOWN
+            if remote_lookup is not None:
+                with contextlib.suppress(InvalidNameError):
+                    remote = remote_lookup(Resource(path.name, settings=self.settings).key)
+            self.notify(path, "scan", remote=remote)
+        return len(paths)
+
+    def _needing_upload(self, paths: list[Path]) -> list[Path]:
+        found: list[Path] = []
         records = self.state.get_uploads([str(p.relative_to(self.root)) for p in paths])
         for path in paths:
             rel = str(path.relative_to(self.root))
@@ -210,13 +231,8 @@ class Uploader:
                 continue
             if action is UploadAction.SKIP and self.settings.after_upload == "keep":
                 continue
-            remote: RemoteObject | object | None = UNKNOWN
-            if remote_lookup is not None:
-                with contextlib.suppress(InvalidNameError):
-                    remote = remote_lookup(Resource(path.name, settings=self.settings).key)
-            self.notify(path, "scan", remote=remote)
-            count += 1
-        return count
+            found.append(path)
+        return found
 
     # --- the dispatcher --------------------------------------------------------------------
     def start(self) -> None:

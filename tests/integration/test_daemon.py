@@ -389,8 +389,13 @@ def test_large_catch_up_lists_instead_of_a_head_per_file(make_settings, template
     service = Service(settings, transport=transport, environ={})
     try:
         summary = service.sync_once(mirror=False)
+        calls_after_first = sum(counter.calls.values())
+        again = service.sync_once(mirror=False)
+        calls_by_noop = sum(counter.calls.values()) - calls_after_first
     finally:
         service.close()
+    assert (again.uploaded, again.upload_skipped, again.upload_failed) == (0, 0, 0)
+    assert calls_by_noop == 0  # everything is known unchanged: not even a LIST
     assert (summary.uploaded, summary.upload_skipped, summary.upload_failed) == (250, 50, 0)
     assert counter.count("HeadObject") == 0  # the listing answered for every file
     assert counter.count("PutObject") == 250  # the 50 identical objects were recognised by their MD5 ETag
