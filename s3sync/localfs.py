@@ -105,19 +105,28 @@ def open_dir_under(root: Path, segments: Sequence[str], *, create: bool) -> int:
     Missing folders are created when ``create`` is true. Raises :class:`LocalFileError` when a
     component is a symlink or a file, or on any OS error.
     """
+    # Open first, create only what is missing: in a mirror pass almost every folder exists already.
     try:
-        if create:
+        try:
+            fd = os.open(root, _DIR_FLAGS)
+        except FileNotFoundError:
+            if not create:
+                raise
             os.makedirs(root, exist_ok=True)
-        fd = os.open(root, _DIR_FLAGS)
+            fd = os.open(root, _DIR_FLAGS)
     except OSError as exc:
         raise LocalFileError(f"cannot open folder {str(root)!r}: {exc.strerror}", path=str(root)) from exc
     try:
         for seg in segments:
-            if create:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(seg, 0o755, dir_fd=fd)
             try:
-                child = os.open(seg, _DIR_FLAGS, dir_fd=fd)
+                try:
+                    child = os.open(seg, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(seg, 0o755, dir_fd=fd)
+                    child = os.open(seg, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 reason = {
                     errno.ELOOP: "is a symlink (not followed)",
