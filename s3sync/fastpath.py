@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -104,8 +105,10 @@ class FastPath:
         max_connections: int,
         connect_timeout: float,
         read_timeout: float,
+        max_attempts: int = 1,
     ) -> None:
         self._client = client
+        self._max_attempts = max(1, max_attempts)
         self._bucket = bucket
         # The client's own credentials object: botocore refreshes it (roles, SSO) and we read it per request.
         credentials = client._request_signer._credentials  # type: ignore[attr-defined]
@@ -154,6 +157,29 @@ class FastPath:
 
     # --- request, signing, errors ----------------------------------------------------------------
     def _send(
+        self,
+        method: str,
+        key: str,
+        body: bytes,
+        headers: dict[str, str],
+        payload_sha256: str,
+        *,
+        stream: bool,
+        operation: str,
+    ) -> FastResponse:
+        # Retried like botocore's standard mode: connection failures and throttling or 5xx answers,
+        # up to S3_MAX_ATTEMPTS in all, with exponential backoff and full jitter.
+        attempt = 1
+        while True:
+            try:
+                return self._send_once(method, key, body, headers, payload_sha256, stream=stream, operation=operation)
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+                if attempt >= self._max_attempts or not _retryable(exc):
+                    raise
+            time.sleep(random.uniform(0, min(20.0, 0.05 * 2**attempt)))  # jitter, not security
+            attempt += 1
+
+    def _send_once(
         self,
         method: str,
         key: str,
@@ -254,3 +280,23 @@ def _client_error(
         "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": dict(headers)},
     }
     return botocore.exceptions.ClientError(response, operation)
+
+
+_RETRY_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+)
+
+
+def _retryable(exc: Exception) -> bool:
+    """What botocore's standard retry mode retries: transient connection errors, throttling, 5xx."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        return status in {429, 500, 502, 503, 504} or code in _RETRY_CODES
+    return isinstance(
+        exc,
+        botocore.exceptions.EndpointConnectionError
+        | botocore.exceptions.ConnectTimeoutError
+        | botocore.exceptions.ReadTimeoutError
+        | botocore.exceptions.ConnectionClosedError,
+    )

@@ -305,6 +305,7 @@ class Transport:
                     max_connections=max(10, self.settings.max_concurrency * 2),
                     connect_timeout=self.settings.connect_timeout,
                     read_timeout=self.settings.read_timeout,
+                    max_attempts=self.settings.max_attempts,
                 )
             except botocore.exceptions.NoCredentialsError:
                 self.fast = None  # anonymous access: botocore knows how to send unsigned requests

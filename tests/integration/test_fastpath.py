@@ -11,6 +11,7 @@ import pytest
 from s3sync.errors import EndpointError, NotFoundError
 from s3sync.fastpath import FastPath
 from s3sync.transport import META_SHA256, Transport, make_client, translate
+from tests.support.faultproxy import Fault
 
 KEYS = [
     "CLIPPING-FLOWER/CF0001/CF0001_WHITE_320x320.jpg",
@@ -115,3 +116,24 @@ class TestWhereTheServerChecks:
         mapped = translate(err.value, action="GET", bucket=settings.require_bucket(), key="anything.jpg")
         assert isinstance(mapped, EndpointError)
         assert "access denied" in str(mapped)
+
+
+@pytest.mark.parametrize(("attempts", "survives"), [(3, True), (1, False)])
+def test_retries_a_slowdown_like_botocore(make_settings, fault_proxy, attempts, survives):
+    """One 503 SlowDown is retried within S3_MAX_ATTEMPTS (as botocore's standard mode does); 1 means no retry."""
+    settings = make_settings()
+    data = b"retry me" * 100
+    make_client(settings).put_object(Bucket=settings.require_bucket(), Key="r/x.jpg", Body=data)
+    via_proxy = settings.model_copy(update={"endpoint_url": fault_proxy.endpoint, "max_attempts": attempts})
+    fault_proxy.set_faults([Fault("status", match=lambda m, p, h: m == "GET", status=503, times=1)])
+    with Transport(via_proxy) as transport:
+        assert transport.fast is not None
+        if survives:
+            got = transport.fast.get_object("r/x.jpg")
+            assert got["Body"].read() == data
+            got["Body"].close()
+        else:
+            with pytest.raises(botocore.exceptions.ClientError) as err:
+                transport.fast.get_object("r/x.jpg")
+            assert err.value.response["Error"]["Code"] == "SlowDown"
+    assert fault_proxy.count("GET", "r/x.jpg") == (2 if survives else 1)
