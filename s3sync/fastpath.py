@@ -107,7 +107,6 @@ class FastPath:
         read_timeout: float,
         max_attempts: int = 1,
     ) -> None:
-        self._client = client
         self._max_attempts = max(1, max_attempts)
         self._bucket = bucket
         # The client's own credentials object: botocore refreshes it (roles, SSO) and we read it per request.
@@ -120,7 +119,6 @@ class FastPath:
         self._scheme = url.scheme
         self._host = url.netloc
         self._base_path = url.path.rstrip("/")
-        self._endpoint = client.meta.endpoint_url
         self._pool = urllib3.PoolManager(
             num_pools=4,
             maxsize=max_connections,
@@ -167,37 +165,31 @@ class FastPath:
         stream: bool,
         operation: str,
     ) -> FastResponse:
+        path = f"{self._base_path}/{quote(self._bucket, safe='')}/{quote(key, safe='/~')}"
+        url = f"{self._scheme}://{self._host}{path}"
         # Retried like botocore's standard mode: connection failures and throttling or 5xx answers,
-        # up to S3_MAX_ATTEMPTS in all, with exponential backoff and full jitter.
+        # up to S3_MAX_ATTEMPTS in all, with exponential backoff and full jitter. Each attempt is
+        # signed anew (the signature carries the time).
         attempt = 1
         while True:
+            for hook in self.hooks:
+                hook(operation, key)
+            signed = self._sign(method, path, headers, payload_sha256)
             try:
-                return self._send_once(method, key, body, headers, payload_sha256, stream=stream, operation=operation)
+                return self._request(method, url, signed, body, stream=stream, operation=operation)
             except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
                 if attempt >= self._max_attempts or not _retryable(exc):
                     raise
             time.sleep(random.uniform(0, min(20.0, 0.05 * 2**attempt)))  # jitter, not security
             attempt += 1
 
-    def _send_once(
-        self,
-        method: str,
-        key: str,
-        body: bytes,
-        headers: dict[str, str],
-        payload_sha256: str,
-        *,
-        stream: bool,
-        operation: str,
+    def _request(
+        self, method: str, url: str, headers: dict[str, str], body: bytes, *, stream: bool, operation: str
     ) -> FastResponse:
-        for hook in self.hooks:
-            hook(operation, key)
-        path = f"{self._base_path}/{quote(self._bucket, safe='')}/{quote(key, safe='/~')}"
-        url = f"{self._scheme}://{self._host}{path}"
-        signed = self._sign(method, path, headers, payload_sha256)
+        """One HTTP exchange; failures become the botocore exceptions botocore would raise."""
         try:
             resp = self._pool.request(
-                method, url, body=body or None, headers=signed, preload_content=not stream, redirect=False
+                method, url, body=body or None, headers=headers, preload_content=not stream, redirect=False
             )
         except ConnectTimeoutError as exc:
             raise botocore.exceptions.ConnectTimeoutError(endpoint_url=url, error=exc) from exc

@@ -25,7 +25,7 @@ from s3sync.paths import PathClaims, key_to_relpath
 from s3sync.plan import LocalStat, MirrorAction, plan_mirror
 from s3sync.settings import Settings
 from s3sync.state import MirrorRecord, State
-from s3sync.transport import DownloadResult, RemoteObject, Transport
+from s3sync.transport import RemoteObject, Transport
 
 __all__ = ["Mirror", "MirrorReport"]
 
@@ -199,20 +199,14 @@ class Mirror:
     def _download(self, obj: RemoteObject, pass_no: int, report: MirrorReport, group: CommitGroup) -> None:
         """Fetch one object; the commit group finishes it (or it was already identical: skipped)."""
         started = time.monotonic()
-        fetched: list[DownloadResult] = []
 
         def durable(path: Path | None, error: LocalFileError | None) -> None:
             if error is not None or path is None:
                 self._failed(obj.key, report, str(error))
                 return
-            try:
-                st = os.lstat(path)
-                self.state.record_mirrored(obj.key, obj.size, obj.etag, st.st_size, st.st_mtime_ns, pass_no)
-            except (S3SyncError, OSError) as exc:
-                self._failed(obj.key, report, _describe(exc))
+            nbytes = self._record(obj, path, pass_no, report)
+            if nbytes is None:
                 return
-            result = fetched[0] if fetched else None
-            nbytes = result.bytes if result else obj.size
             seconds = time.monotonic() - started
             with self._lock:
                 report.downloaded += 1
@@ -228,18 +222,23 @@ class Mirror:
         except (S3SyncError, OSError) as exc:
             self._failed(obj.key, report, _describe(exc))
             return
-        fetched.append(result)
         if result.skipped:
-            try:
-                st = os.lstat(result.path)
-                self.state.record_mirrored(obj.key, obj.size, obj.etag, st.st_size, st.st_mtime_ns, pass_no)
-            except (S3SyncError, OSError) as exc:
-                self._failed(obj.key, report, _describe(exc))
+            if self._record(obj, result.path, pass_no, report) is None:
                 return
             with self._lock:
                 report.skipped += 1
             if self._on_result is not None:
                 self._on_result("skipped", 0, result.duration_ms / 1000)
+
+    def _record(self, obj: RemoteObject, path: Path, pass_no: int, report: MirrorReport) -> int | None:
+        """Note in the state that ``path`` holds ``obj``; its size, or None (and a failure) when that fails."""
+        try:
+            st = os.lstat(path)
+            self.state.record_mirrored(obj.key, obj.size, obj.etag, st.st_size, st.st_mtime_ns, pass_no)
+        except (S3SyncError, OSError) as exc:
+            self._failed(obj.key, report, _describe(exc))
+            return None
+        return st.st_size
 
     def _failed(self, key: str, report: MirrorReport, error: str) -> None:
         with self._lock:
