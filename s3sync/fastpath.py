@@ -1,4 +1,4 @@
-"""A lean request path for the two requests s3sync makes by the thousand: GET and PUT of one object.
+"""A lean request path for the requests s3sync makes by the thousand: GET, PUT and LIST.
 
 botocore is general: every call validates parameters, runs a dozen event handlers, resolves the
 endpoint, builds and parses through service models. For a 64 KiB object on a fast local server
@@ -10,11 +10,15 @@ raised, so :func:`s3sync.transport.translate` and all callers behave the same.
 
 It is used only where its requests are fully known: a custom endpoint (``S3_ENDPOINT_URL``) with
 path-style addressing. On AWS itself, botocore keeps the work (region redirects, virtual hosts).
-Everything else (HEAD, LIST, multipart) always goes through botocore.
+Everything else (HEAD, multipart, deletes) always goes through botocore, whose client is then
+created on first use: a one-shot ``s3sync sync`` that only lists, GETs and PUTs never pays for
+importing boto3 and loading its service models (about half a second of start-up).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import email.utils
 import hashlib
 import hmac
 import random
@@ -22,8 +26,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote, unquote_plus, urlsplit
+from xml.etree import ElementTree
 
 import botocore.exceptions
 import urllib3
@@ -38,7 +44,7 @@ from urllib3.exceptions import (
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-__all__ = ["FastPath", "FastResponse"]
+__all__ = ["FastPath", "FastResponse", "StaticKeys"]
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _META = "x-amz-meta-"
@@ -54,16 +60,47 @@ class FastResponse:
     status: int
     headers: Mapping[str, str]
     body: _Body | None
+    raw: bytes = b""  # the whole body of a request that was not streamed
 
     def as_get(self) -> dict[str, Any]:
-        """``get_object``'s response: ContentLength, ETag, Metadata, Body."""
+        """``get_object``'s (or, without Body, ``head_object``'s) response: ContentLength, ETag, Metadata."""
         metadata = {k[len(_META) :].lower(): v for k, v in self.headers.items() if k.lower().startswith(_META)}
         return {
             "ContentLength": int(self.headers.get("content-length", "-1")),
             "ETag": self.headers.get("etag", ""),
             "Metadata": metadata,
+            "LastModified": _http_date(self.headers.get("last-modified")),
             "Body": self.body,
         }
+
+
+class FrozenKeys(Protocol):
+    """One consistent set of keys (botocore's ``ReadOnlyCredentials`` has this shape)."""
+
+    @property
+    def access_key(self) -> str: ...
+    @property
+    def secret_key(self) -> str: ...
+    @property
+    def token(self) -> str | None: ...
+
+
+class CredentialSource(Protocol):
+    """Where keys come from at each request: botocore's refreshing ``Credentials``, or :class:`StaticKeys`."""
+
+    def get_frozen_credentials(self) -> FrozenKeys: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StaticKeys:
+    """Keys given in the settings: they never change while the process runs."""
+
+    access_key: str
+    secret_key: str = dataclasses.field(repr=False)
+    token: str | None = dataclasses.field(default=None, repr=False)
+
+    def get_frozen_credentials(self) -> StaticKeys:
+        return self
 
 
 class _Body:
@@ -99,9 +136,11 @@ class FastPath:
 
     def __init__(
         self,
-        client: S3Client,
-        bucket: str,
         *,
+        endpoint_url: str,
+        region: str,
+        bucket: str,
+        credentials: CredentialSource,
         max_connections: int,
         connect_timeout: float,
         read_timeout: float,
@@ -109,13 +148,10 @@ class FastPath:
     ) -> None:
         self._max_attempts = max(1, max_attempts)
         self._bucket = bucket
-        # The client's own credentials object: botocore refreshes it (roles, SSO) and we read it per request.
-        credentials = client._request_signer._credentials  # type: ignore[attr-defined]
-        if credentials is None:
-            raise botocore.exceptions.NoCredentialsError
+        # Read per request: botocore's credentials refresh themselves (roles, SSO).
         self._credentials = credentials
-        self._region = client.meta.region_name or "us-east-1"
-        url = urlsplit(client.meta.endpoint_url)
+        self._region = region
+        url = urlsplit(endpoint_url)
         self._scheme = url.scheme
         self._host = url.netloc
         self._base_path = url.path.rstrip("/")
@@ -130,10 +166,29 @@ class FastPath:
         self._lock = threading.Lock()
         self.hooks: list[RequestHook] = []
 
-    # --- the two operations --------------------------------------------------------------------
+    @classmethod
+    def for_client(cls, client: S3Client, bucket: str, **options: Any) -> FastPath:
+        """A fast path with the same endpoint, region and (refreshing) credentials as ``client``."""
+        credentials = client._request_signer._credentials  # type: ignore[attr-defined]
+        if credentials is None:
+            raise botocore.exceptions.NoCredentialsError
+        return cls(
+            endpoint_url=client.meta.endpoint_url,
+            region=client.meta.region_name or "us-east-1",
+            bucket=bucket,
+            credentials=credentials,
+            **options,
+        )
+
+    # --- the operations --------------------------------------------------------------------------
     def get_object(self, key: str) -> dict[str, Any]:
         """GET ``key``; the body is streamed. Raises what botocore's ``get_object`` raises."""
         resp = self._send("GET", key, b"", {}, _EMPTY_SHA256, stream=True, operation="GetObject")
+        return resp.as_get()
+
+    def head_object(self, key: str) -> dict[str, Any]:
+        """HEAD ``key``: size, ETag, metadata. A missing key raises ClientError ``404``, as botocore's does."""
+        resp = self._send("HEAD", key, b"", {}, _EMPTY_SHA256, stream=False, operation="HeadObject")
         return resp.as_get()
 
     def put_object(
@@ -149,6 +204,18 @@ class FastPath:
         resp = self._send("PUT", key, body, headers, sha256_hex, stream=False, operation="PutObject")
         return {"ETag": resp.headers.get("etag", "")}
 
+    def list_objects(self, prefix: str, token: str | None) -> dict[str, Any]:
+        """One ListObjectsV2 page (up to 1,000 keys), in the shape of botocore's response.
+
+        Like botocore, asks for ``encoding-type=url`` (a key may hold characters XML cannot
+        carry) and decodes the keys when the server says it encoded them.
+        """
+        query = {"list-type": "2", "max-keys": "1000", "prefix": prefix, "encoding-type": "url"}
+        if token:
+            query["continuation-token"] = token
+        resp = self._send("GET", None, b"", {}, _EMPTY_SHA256, stream=False, operation="ListObjectsV2", query=query)
+        return _parse_listing(resp.raw)
+
     def close(self) -> None:
         """Close pooled connections."""
         self._pool.clear()
@@ -157,24 +224,29 @@ class FastPath:
     def _send(
         self,
         method: str,
-        key: str,
+        key: str | None,
         body: bytes,
         headers: dict[str, str],
         payload_sha256: str,
         *,
         stream: bool,
         operation: str,
+        query: Mapping[str, str] | None = None,
     ) -> FastResponse:
-        path = f"{self._base_path}/{quote(self._bucket, safe='')}/{quote(key, safe='/~')}"
-        url = f"{self._scheme}://{self._host}{path}"
+        path = f"{self._base_path}/{quote(self._bucket, safe='')}"
+        if key is not None:
+            path += f"/{quote(key, safe='/~')}"
+        # SigV4's canonical query: every name and value percent-encoded (RFC 3986), sorted.
+        qs = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted((query or {}).items()))
+        url = f"{self._scheme}://{self._host}{path}" + (f"?{qs}" if qs else "")
         # Retried like botocore's standard mode: connection failures and throttling or 5xx answers,
         # up to S3_MAX_ATTEMPTS in all, with exponential backoff and full jitter. Each attempt is
         # signed anew (the signature carries the time).
         attempt = 1
         while True:
             for hook in self.hooks:
-                hook(operation, key)
-            signed = self._sign(method, path, headers, payload_sha256)
+                hook(operation, key if key is not None else (query or {}).get("prefix", ""))
+            signed = self._sign(method, path, qs, headers, payload_sha256)
             try:
                 return self._request(method, url, signed, body, stream=stream, operation=operation)
             except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
@@ -204,9 +276,11 @@ class FastPath:
             resp.release_conn()
             raise _client_error(resp.status, raw or b"", operation, resp.headers)
         length = int(resp.headers.get("content-length", "-1"))
-        return FastResponse(resp.status, resp.headers, _Body(resp, url, length) if stream else None)
+        if stream:
+            return FastResponse(resp.status, resp.headers, _Body(resp, url, length))
+        return FastResponse(resp.status, resp.headers, None, resp.data or b"")
 
-    def _sign(self, method: str, path: str, headers: dict[str, str], payload_sha256: str) -> dict[str, str]:
+    def _sign(self, method: str, path: str, qs: str, headers: dict[str, str], payload_sha256: str) -> dict[str, str]:
         creds = self._credentials.get_frozen_credentials()
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         day = amz_date[:8]
@@ -223,7 +297,7 @@ class FastPath:
             [
                 method,
                 path,
-                "",
+                qs,
                 "".join(f"{n}:{all_headers[n]}\n" for n in names),
                 ";".join(names),
                 payload_sha256,
@@ -253,6 +327,62 @@ class FastPath:
         return k
 
 
+def _parse_listing(raw: bytes) -> dict[str, Any]:
+    """A ListObjectsV2 answer (XML) as botocore would parse it: Contents, IsTruncated, NextContinuationToken."""
+    # A listing never declares a DTD: refusing one rules out entity-expansion tricks, and what is
+    # left is plain elements, which expat parses safely (this is botocore's parser too).
+    if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw:
+        raise botocore.exceptions.ResponseStreamingError(error="ListObjectsV2: the answer declares a DTD")
+    try:
+        root = ElementTree.fromstring(raw)  # noqa: S314 - DTDs refused above
+    except ElementTree.ParseError as exc:
+        raise botocore.exceptions.ResponseStreamingError(error=f"ListObjectsV2: unreadable XML ({exc})") from exc
+    fields: dict[str, str] = {}
+    contents: list[dict[str, Any]] = []
+    for child in root:
+        tag = child.tag.rpartition("}")[2]
+        if tag == "Contents":
+            entry = {c.tag.rpartition("}")[2]: c.text or "" for c in child}
+            contents.append(entry)
+        else:
+            fields[tag] = child.text or ""
+    decode = fields.get("EncodingType", "").lower() == "url"
+    return {
+        "Contents": [
+            {
+                "Key": unquote_plus(o.get("Key", "")) if decode else o.get("Key", ""),
+                "Size": int(o.get("Size") or 0),
+                "ETag": o.get("ETag", ""),
+                "LastModified": _iso_timestamp(o.get("LastModified")),
+            }
+            for o in contents
+        ],
+        "IsTruncated": fields.get("IsTruncated", "").strip().lower() == "true",
+        "NextContinuationToken": fields.get("NextContinuationToken") or None,
+    }
+
+
+def _iso_timestamp(value: str | None) -> datetime | None:
+    """An XML timestamp (``2026-11-27T14:31:55.000Z``) as an aware datetime; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _http_date(value: str | None) -> datetime | None:
+    """An HTTP date header (``Fri, 27 Nov 2026 14:31:55 GMT``); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _client_error(
     status: int, raw: bytes, operation: str, headers: Mapping[str, str]
 ) -> botocore.exceptions.ClientError:
@@ -265,8 +395,8 @@ def _client_error(
         m_start, m_end = text.find("<Message>"), text.find("</Message>")
         if 0 <= m_start < m_end:
             message = text[m_start + 9 : m_end].strip()
-    elif status == 404:
-        code = "NoSuchKey"
+    elif status == 404 and operation != "HeadObject":
+        code = "NoSuchKey"  # a HEAD has no body: botocore's code is then the status itself
     response: Any = {
         "Error": {"Code": code, "Message": message},
         "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": dict(headers)},

@@ -2,6 +2,10 @@
 
 Off by default; ``S3_METRICS_ADDR=127.0.0.1:9108`` serves ``/metrics`` and ``/healthz``.
 Only counters and timestamps are exposed: nothing here can carry a secret.
+
+Without an address nobody can read the counters, so :class:`Metrics` keeps only the
+timestamps that health and status need, and prometheus-client is not even imported
+(a one-shot ``sync`` starts faster, an idle daemon holds less memory).
 """
 
 from __future__ import annotations
@@ -12,10 +16,10 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["Metrics", "MetricsServer"]
 
@@ -23,11 +27,19 @@ Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 class Metrics:
-    """The daemon's counters, in a private registry."""
+    """The daemon's counters, in a private registry; ``enabled=False`` keeps timestamps only."""
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+    def __init__(self, *, enabled: bool = True) -> None:
+        self._last_mirror: float | None = None
+        self._last_event: float | None = None
+        self._last_rescan: float | None = None
+        self.registry: CollectorRegistry | None = None
+        if not enabled:
+            return
+        # Imported here: only a daemon that serves /metrics pays for prometheus-client.
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = r = CollectorRegistry(auto_describe=True)
         self.uploads = Counter("s3sync_uploads", "Upload outcomes.", ["outcome"], registry=r)
         self.upload_bytes = Counter("s3sync_upload_bytes", "Bytes uploaded.", registry=r)
         self.downloads = Counter("s3sync_downloads", "Mirror download outcomes.", ["outcome"], registry=r)
@@ -52,12 +64,11 @@ class Metrics:
             ("s3sync_seconds_since_rescan", "Seconds since the last upload-folder rescan.", self.seconds_since_rescan),
         ):
             Gauge(name, doc, registry=r).set_function(_nan_if_none(fn))
-        self._last_mirror: float | None = None
-        self._last_event: float | None = None
-        self._last_rescan: float | None = None
 
     def upload_done(self, outcome: str, nbytes: int, seconds: float) -> None:
         """One upload ended (succeeded, skipped, failed, rejected)."""
+        if self.registry is None:
+            return
         self.uploads.labels(outcome).inc()
         if nbytes:
             self.upload_bytes.inc(nbytes)
@@ -66,6 +77,8 @@ class Metrics:
 
     def download_done(self, outcome: str, nbytes: int, seconds: float) -> None:
         """One mirror download ended."""
+        if self.registry is None:
+            return
         self.downloads.labels(outcome).inc()
         if nbytes:
             self.download_bytes.inc(nbytes)
@@ -74,17 +87,22 @@ class Metrics:
 
     def deleted(self) -> None:
         """The mirror deleted a local file."""
-        self.deletes.inc()
+        if self.registry is not None:
+            self.deletes.inc()
 
     def set_queue_depth(self, n: int) -> None:
         """Files queued or in flight."""
-        self.queue.set(n)
+        if self.registry is not None:
+            self.queue.set(n)
 
     def mirror_completed(self, ok: bool) -> None:
         """A mirror pass ended."""
-        self.mirror_passes.labels("ok" if ok else "failed").inc()
         if ok:
             self._last_mirror = time.time()
+        if self.registry is None:
+            return
+        self.mirror_passes.labels("ok" if ok else "failed").inc()
+        if self._last_mirror is not None and ok:
             self.mirror_ok_ts.set(self._last_mirror)
 
     def watcher_event(self) -> None:
@@ -124,13 +142,18 @@ class MetricsServer:
     """``/metrics`` and ``/healthz`` over HTTP on ``HOST:PORT`` (port 0 picks a free one)."""
 
     def __init__(self, addr: str, metrics: Metrics, health: Health) -> None:
+        from prometheus_client import generate_latest
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+        if metrics.registry is None:
+            raise ValueError("MetricsServer needs Metrics(enabled=True)")
         host, _, port = addr.rpartition(":")
-        metrics_ref, health_ref = metrics, health
+        registry, health_ref = metrics.registry, health
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path.split("?")[0] == "/metrics":
-                    body, status, ctype = generate_latest(metrics_ref.registry), 200, CONTENT_TYPE_LATEST
+                    body, status, ctype = generate_latest(registry), 200, CONTENT_TYPE_LATEST
                 elif self.path.split("?")[0] == "/healthz":
                     ok, details = health_ref()
                     body = json.dumps(details, default=str).encode()

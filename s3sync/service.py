@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -32,7 +32,9 @@ from s3sync.settings import Settings
 from s3sync.state import State
 from s3sync.transport import PENDING_MULTIPART, RemoteObject, Transport
 from s3sync.uploader import Uploader
-from s3sync.watcher import Watcher
+
+if TYPE_CHECKING:
+    from s3sync.watcher import Watcher
 
 __all__ = ["Service", "SyncSummary", "read_status"]
 
@@ -73,7 +75,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.environ = os.environ if environ is None else environ
-        self.metrics = Metrics()
+        self.metrics = Metrics(enabled=bool(settings.metrics_addr))
         self._on_result_extra = on_result
         # A dry run must change nothing, not even create the state database.
         self.state = State(settings.state_path, read_only=read_only)
@@ -315,6 +317,8 @@ class Service:
         queued = uploader.scan()
         self._last_rescan = time.monotonic()
         self.metrics.rescan_done()
+        from s3sync.watcher import Watcher  # here: watchdog is loaded by the daemon only
+
         self.watcher = Watcher(
             settings.upload_dir_path, self._on_file_event, mode=settings.watch_mode, ignore=uploader.ignored
         )

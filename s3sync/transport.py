@@ -33,11 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import boto3
 import botocore.exceptions
-import botocore.utils
 import structlog
-from botocore.config import Config
 
 from s3sync.errors import (
     ConfigurationError,
@@ -50,13 +47,14 @@ from s3sync.errors import (
     TransferError,
     UploadError,
 )
-from s3sync.fastpath import FastPath
+from s3sync.fastpath import CredentialSource, FastPath, StaticKeys
 from s3sync.localfs import AtomicWriter, CommitGroup, Durable, hash_file, lstat_under
 from s3sync.paths import key_to_relpath
 from s3sync.resource import Resource
 from s3sync.settings import Settings, default_settings
 
 if TYPE_CHECKING:
+    from botocore.config import Config
     from mypy_boto3_s3 import S3Client
 
 log = structlog.get_logger("s3sync")
@@ -144,6 +142,8 @@ class DownloadResult:
 
 
 def _client_config(settings: Settings) -> Config:
+    from botocore.config import Config  # on first use, like the client
+
     return Config(
         max_pool_connections=max(10, settings.max_concurrency * 2),
         retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
@@ -160,26 +160,49 @@ def _client_config(settings: Settings) -> Config:
     )
 
 
-def make_client(settings: Settings) -> S3Client:
-    """One S3 client for the whole process (botocore clients are thread-safe).
+def static_keys(settings: Settings) -> StaticKeys | None:
+    """The keys given in the settings, or None (boto3's default chain finds them).
 
-    Credentials come from the settings when set, else from boto3's default chain.
+    Raises :class:`ConfigurationError` when only one of the pair is set.
     """
     key = settings.aws_access_key_id.get_secret_value() if settings.aws_access_key_id else None
     secret = settings.aws_secret_access_key.get_secret_value() if settings.aws_secret_access_key else None
     if bool(key) != bool(secret):
         missing = "S3_AWS_SECRET_ACCESS_KEY" if key else "S3_AWS_ACCESS_KEY_ID"
         raise ConfigurationError(f"{missing}: must be set together with its pair", setting=missing)
-    region = settings.region or ("us-east-1" if settings.endpoint_url else None)
+    return StaticKeys(key, secret) if key and secret else None
+
+
+def _region(settings: Settings) -> str | None:
+    return settings.region or ("us-east-1" if settings.endpoint_url else None)
+
+
+def make_client(settings: Settings) -> S3Client:
+    """One S3 client for the whole process (botocore clients are thread-safe).
+
+    Credentials come from the settings when set, else from botocore's default chain (the
+    environment, ``~/.aws``, instance roles). botocore is imported here, on first use.
+    """
+    keys = static_keys(settings)
+    import botocore.session  # here, not at the top: a fast-path sync never needs botocore
+
     try:
-        session = boto3.session.Session(aws_access_key_id=key, aws_secret_access_key=secret, region_name=region)
+        session = botocore.session.Session()
         # A listing page carries 1,000 LastModified stamps; dateutil parsing them was a tenth of
         # a mirror pass's CPU. ISO 8601 goes through the C parser, anything else through botocore's.
-        parsers = session._session.get_component("response_parser_factory")
+        parsers = session.get_component("response_parser_factory")
         parsers.set_parser_defaults(timestamp_parser=_parse_timestamp)
-        return session.client("s3", endpoint_url=settings.endpoint_url, config=_client_config(settings))
+        client: S3Client = session.create_client(  # type: ignore[assignment]
+            "s3",
+            region_name=_region(settings),
+            endpoint_url=settings.endpoint_url,
+            aws_access_key_id=keys.access_key if keys else None,
+            aws_secret_access_key=keys.secret_key if keys else None,
+            config=_client_config(settings),
+        )
     except botocore.exceptions.BotoCoreError as exc:
         raise ConfigurationError(f"S3 client: {type(exc).__name__}: {exc}") from None
+    return client
 
 
 def _parse_timestamp(value: str) -> datetime:
@@ -187,6 +210,8 @@ def _parse_timestamp(value: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
     except (TypeError, ValueError):
+        import botocore.utils  # loaded with the client anyway
+
         return botocore.utils.parse_timestamp(value)
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
@@ -294,21 +319,11 @@ class Transport:
         self.settings = settings if settings is not None else default_settings()
         self.tracker = tracker
         self.bucket = self.settings.require_bucket()
-        self.client: S3Client = client if client is not None else make_client(self.settings)
-        #: The lean GET/PUT path (custom endpoints with path-style addressing), or None: botocore.
-        self.fast: FastPath | None = None
-        if self.settings.fast_path and self.settings.endpoint_url:
-            try:
-                self.fast = FastPath(
-                    self.client,
-                    self.bucket,
-                    max_connections=max(10, self.settings.max_concurrency * 2),
-                    connect_timeout=self.settings.connect_timeout,
-                    read_timeout=self.settings.read_timeout,
-                    max_attempts=self.settings.max_attempts,
-                )
-            except botocore.exceptions.NoCredentialsError:
-                self.fast = None  # anonymous access: botocore knows how to send unsigned requests
+        keys = static_keys(self.settings)  # a half-set pair fails here, not at the first request
+        self._client: S3Client | None = client
+        self._client_lock = threading.Lock()
+        #: The lean GET/PUT/LIST path (custom endpoints with path-style addressing), or None: botocore.
+        self.fast: FastPath | None = self._fast_path(keys) if self.settings.fast_path else None
         self._parts = ThreadPoolExecutor(
             max_workers=max(2, self.settings.max_concurrency), thread_name_prefix="s3sync-part"
         )
@@ -318,6 +333,39 @@ class Transport:
         self._orphan_suspects: set[str] = set()
         self._active_uploads: set[str] = set()
         self._lock = threading.Lock()
+
+    def _fast_path(self, keys: StaticKeys | None) -> FastPath | None:
+        """The fast path on a custom endpoint; None on AWS itself or with no credentials at all."""
+        endpoint, region = self.settings.endpoint_url, _region(self.settings)
+        credentials: CredentialSource | None = keys
+        if self._client is not None or keys is None:
+            # A caller's client, or the default chain: botocore's (refreshing) credentials.
+            client = self.client
+            credentials = client._request_signer._credentials  # type: ignore[attr-defined]
+            endpoint, region = client.meta.endpoint_url, client.meta.region_name
+        if not self.settings.endpoint_url or credentials is None:
+            return None  # anonymous access: botocore knows how to send unsigned requests
+        return FastPath(
+            endpoint_url=endpoint or self.settings.endpoint_url,
+            region=region or "us-east-1",
+            bucket=self.bucket,
+            credentials=credentials,
+            max_connections=max(10, self.settings.max_concurrency * 2),
+            connect_timeout=self.settings.connect_timeout,
+            read_timeout=self.settings.read_timeout,
+            max_attempts=self.settings.max_attempts,
+        )
+
+    @property
+    def client(self) -> S3Client:
+        """The botocore S3 client, created on first use (thread-safe)."""
+        client = self._client
+        if client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = make_client(self.settings)
+                client = self._client
+        return client
 
     # --- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
@@ -354,8 +402,12 @@ class Transport:
     # --- remote metadata -----------------------------------------------------------------
     def head(self, key: str) -> RemoteObject | None:
         """The object's size, ETag and stored SHA-256, or None if there is no such object."""
+        resp: Mapping[str, Any]
         try:
-            resp = self.client.head_object(Bucket=self.bucket, Key=key)
+            if self.fast is not None:
+                resp = self.fast.head_object(key)
+            else:
+                resp = self.client.head_object(Bucket=self.bucket, Key=key)
         except botocore.exceptions.ClientError as exc:
             code, status = _error_code(exc)
             if status == 404 or code in {"404", "NoSuchKey", "NotFound"}:
@@ -378,8 +430,12 @@ class Transport:
             kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": 1000}
             if token:
                 kwargs["ContinuationToken"] = token
+            resp: Mapping[str, Any]
             try:
-                resp = self.client.list_objects_v2(**kwargs)
+                if self.fast is not None:
+                    resp = self.fast.list_objects(prefix, token)
+                else:
+                    resp = self.client.list_objects_v2(**kwargs)
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
                 raise translate(exc, action="LIST", bucket=self.bucket, key=prefix or None) from exc
             yield [
