@@ -155,8 +155,9 @@ class FastPath:
         self._scheme = url.scheme
         self._host = url.netloc
         self._base_path = url.path.rstrip("/")
-        self._pool = urllib3.PoolManager(
-            num_pools=4,
+        # One host: its connection pool directly (a PoolManager would parse every URL to pick it).
+        self._pool = urllib3.connection_from_url(
+            endpoint_url,
             maxsize=max_connections,
             block=False,
             retries=False,
@@ -218,7 +219,7 @@ class FastPath:
 
     def close(self) -> None:
         """Close pooled connections."""
-        self._pool.clear()
+        self._pool.close()
 
     # --- request, signing, errors ----------------------------------------------------------------
     def _send(
@@ -238,7 +239,7 @@ class FastPath:
             path += f"/{quote(key, safe='/~')}"
         # SigV4's canonical query: every name and value percent-encoded (RFC 3986), sorted.
         qs = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted((query or {}).items()))
-        url = f"{self._scheme}://{self._host}{path}" + (f"?{qs}" if qs else "")
+        target = path + (f"?{qs}" if qs else "")
         # Retried like botocore's standard mode: connection failures and throttling or 5xx answers,
         # up to S3_MAX_ATTEMPTS in all, with exponential backoff and full jitter. Each attempt is
         # signed anew (the signature carries the time).
@@ -248,7 +249,7 @@ class FastPath:
                 hook(operation, key if key is not None else (query or {}).get("prefix", ""))
             signed = self._sign(method, path, qs, headers, payload_sha256)
             try:
-                return self._request(method, url, signed, body, stream=stream, operation=operation)
+                return self._request(method, target, signed, body, stream=stream, operation=operation)
             except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
                 if attempt >= self._max_attempts or not _retryable(exc):
                     raise
@@ -256,12 +257,20 @@ class FastPath:
             attempt += 1
 
     def _request(
-        self, method: str, url: str, headers: dict[str, str], body: bytes, *, stream: bool, operation: str
+        self, method: str, target: str, headers: dict[str, str], body: bytes, *, stream: bool, operation: str
     ) -> FastResponse:
         """One HTTP exchange; failures become the botocore exceptions botocore would raise."""
+        url = f"{self._scheme}://{self._host}{target}"
         try:
-            resp = self._pool.request(
-                method, url, body=body or None, headers=headers, preload_content=not stream, redirect=False
+            resp = self._pool.urlopen(
+                method,
+                target,
+                body=body or None,
+                headers=headers,
+                preload_content=not stream,
+                redirect=False,
+                retries=False,
+                assert_same_host=False,
             )
         except ConnectTimeoutError as exc:
             raise botocore.exceptions.ConnectTimeoutError(endpoint_url=url, error=exc) from exc
