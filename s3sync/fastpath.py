@@ -132,7 +132,7 @@ class _Body:
 
 
 class FastPath:
-    """GET and PUT of single objects through urllib3, signed like botocore signs them."""
+    """LIST, HEAD, GET and PUT of single objects through urllib3, signed like botocore signs them."""
 
     def __init__(
         self,
