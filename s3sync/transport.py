@@ -624,9 +624,14 @@ class Transport:
 
     def _sweep_orphans(self, key: str) -> bool:
         try:
-            resp = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError):
-            return False  # still suspect: tried again before the next multipart upload of this key
+            resp: Mapping[str, Any] = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+        except botocore.exceptions.ClientError as exc:
+            # rclone (gofakes3) answers a listing that finds nothing with NoSuchUpload.
+            if _error_code(exc)[0] != "NoSuchUpload":
+                return False  # still suspect: tried again before the next multipart upload of this key
+            resp = {}
+        except (botocore.exceptions.BotoCoreError, OSError):
+            return False
         with self._lock:
             stale = [
                 u["UploadId"]

@@ -194,3 +194,10 @@ def test_unsafe_key_download_refused(make_settings):
     settings = make_settings()
     with Transport(settings) as t, pytest.raises(UnsafeKeyError):
         t.download_key("../../etc/passwd")
+
+
+def test_sweeping_a_key_with_no_open_upload_finds_nothing_to_abort(make_settings):
+    """rclone answers an empty ListMultipartUploads with NoSuchUpload: that means "none", not "try again"."""
+    settings = make_settings()
+    with Transport(settings) as t:
+        assert t.abort_orphans("NOTHING/OPEN/here.png") is True
