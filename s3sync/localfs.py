@@ -20,7 +20,7 @@ import errno
 import hashlib
 import os
 import queue
-import secrets
+import random
 import stat
 import threading
 import time
@@ -33,6 +33,10 @@ import structlog
 
 from s3sync.errors import LocalFileError
 from s3sync.paths import TEMP_PREFIX
+
+#: Temporary file names: a clash (another process, a leftover) is detected by O_EXCL and retried.
+_temp_names = random.Random()  # uniqueness, not secrecy
+_TEMP_ATTEMPTS = 8
 
 __all__ = [
     "AtomicWriter",
@@ -190,17 +194,26 @@ class AtomicWriter:
         self.root = root
         self.segments = tuple(segments)
         self._dir_fd = open_dir_under(root, self.segments[:-1], create=True)
-        self._tmp = f"{TEMP_PREFIX}{secrets.token_hex(6)}"
-        try:
-            self._fd = os.open(
-                self._tmp,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                mode,
-                dir_fd=self._dir_fd,
-            )
-        except OSError as exc:
-            os.close(self._dir_fd)
-            raise LocalFileError(f"cannot create a file under {str(root)!r}: {exc.strerror}") from exc
+        # The name only has to be new in its folder (O_EXCL checks that, and we retry on a clash),
+        # not unpredictable: a plain PRNG saves a getrandom() call per file.
+        for attempt in range(_TEMP_ATTEMPTS):
+            self._tmp = f"{TEMP_PREFIX}{_temp_names.getrandbits(48):012x}"
+            try:
+                self._fd = os.open(
+                    self._tmp,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    mode,
+                    dir_fd=self._dir_fd,
+                )
+                break
+            except FileExistsError:
+                if attempt + 1 < _TEMP_ATTEMPTS:
+                    continue
+                os.close(self._dir_fd)
+                raise LocalFileError(f"cannot create a file under {str(root)!r}: no free temporary name") from None
+            except OSError as exc:
+                os.close(self._dir_fd)
+                raise LocalFileError(f"cannot create a file under {str(root)!r}: {exc.strerror}") from exc
         self._done = False
         self.bytes_written = 0
         self._written_back = 0

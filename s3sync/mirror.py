@@ -100,8 +100,9 @@ class Mirror:
                     records = self.state.get_mirrors([o.key for o in page])
                     for obj in page:
                         report.listed += 1
-                        if self._plan_one(obj, records.get(obj.key), report, seen, claims):
-                            inflight.append(pool.submit(self._download, obj, pass_no, report, group))
+                        local_there = self._plan_one(obj, records.get(obj.key), report, seen, claims)
+                        if local_there is not None:
+                            inflight.append(pool.submit(self._download, obj, pass_no, report, group, local_there))
                         if len(inflight) >= workers * 4:
                             inflight = self._drain(inflight, keep=workers * 2)
                     if self.settings.mirror_delete and not self.dry_run:
@@ -148,8 +149,8 @@ class Mirror:
         report: MirrorReport,
         seen: list[str],
         claims: PathClaims,
-    ) -> bool:
-        """Decide for one object; True when it must be downloaded."""
+    ) -> bool | None:
+        """Decide for one object: None when there is nothing to fetch, else whether a local file is there."""
         local = None
         try:
             segments = key_to_relpath(obj.key)
@@ -160,7 +161,7 @@ class Mirror:
             if conflict is not None:
                 report.conflicts += 1
                 self._report_once(obj.key, "mirror.key_conflict", reason=conflict)
-                return False
+                return None
             try:
                 st = os.lstat(self.root.joinpath(*segments))
                 local = LocalStat(st.st_size, st.st_mtime_ns)
@@ -178,15 +179,15 @@ class Mirror:
         if decision.action is MirrorAction.UNSAFE:
             report.unsafe += 1
             self._report_once(obj.key, "mirror.unsafe_key", reason=decision.reason)
-            return False
+            return None
         if decision.action is MirrorAction.DOWNLOAD:
             if self.dry_run:
                 log.info("mirror.would_download", key=obj.key, bytes=obj.size)
                 report.downloaded += 1
-                return False
-            return True
+                return None
+            return local is not None
         report.skipped += 1
-        return False
+        return None
 
     def _report_once(self, key: str, event: str, **fields: object) -> None:
         with self._lock:
@@ -196,7 +197,9 @@ class Mirror:
                 self._reported.add(key)
         log.warning(event, key=key, **fields)
 
-    def _download(self, obj: RemoteObject, pass_no: int, report: MirrorReport, group: CommitGroup) -> None:
+    def _download(
+        self, obj: RemoteObject, pass_no: int, report: MirrorReport, group: CommitGroup, local_there: bool
+    ) -> None:
         """Fetch one object; the commit group finishes it (or it was already identical: skipped)."""
         started = time.monotonic()
 
@@ -217,7 +220,12 @@ class Mirror:
 
         try:
             result = self.transport.download_key(
-                obj.key, remote=obj, progress=self._beat, group=group, on_durable=durable
+                obj.key,
+                remote=obj,
+                progress=self._beat,
+                group=group,
+                on_durable=durable,
+                known_absent=not local_there,
             )
         except (S3SyncError, OSError) as exc:
             self._failed(obj.key, report, _describe(exc))

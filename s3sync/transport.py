@@ -741,18 +741,20 @@ class Transport:
         progress: Callable[[int], None] | None = None,
         group: CommitGroup | None = None,
         on_durable: Durable | None = None,
+        known_absent: bool = False,
     ) -> DownloadResult:
         """Download ``key`` to its place under the mirror folder, atomically, unless already identical.
 
         ``remote`` (from a listing) saves a HEAD; the local copy is compared by size and hash.
         With a ``group``, the verified file is committed by the group, and ``on_durable(path,
         error)`` says when it is in place and on disk (not called for a skipped download).
+        ``known_absent`` says the caller has just seen no file there: the local check is skipped.
         """
         started = time.monotonic()
         segments = key_to_relpath(key)
         root = self.settings.local_path
         target = root.joinpath(*segments)
-        existing = lstat_under(root, segments)
+        existing = None if known_absent else lstat_under(root, segments)
         if existing is not None:
             known = self._remote(key, remote)
             if known is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from s3sync import localfs
 from s3sync.paths import TEMP_PREFIX
 from s3sync.resource import Resource
 from s3sync.service import Service
@@ -233,3 +235,20 @@ def test_unreadable_file_reported_and_retried(make_settings, tmp_path):
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_temporary_name_clash_is_retried_and_never_clobbers(tmp_path, monkeypatch):
+    """A temp name already taken (a leftover, another process, a planted symlink) is skipped, never reused."""
+    root = tmp_path / "mirror"
+    root.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    first = f"{TEMP_PREFIX}{random.Random(7).getrandbits(48):012x}"
+    (root / first).symlink_to(outside)  # the name the writer will try first
+    monkeypatch.setattr(localfs, "_temp_names", random.Random(7))
+    with localfs.AtomicWriter(root, ("a.jpg",)) as w:
+        w.write(b"new bytes")
+        w.commit()
+    assert (root / "a.jpg").read_bytes() == b"new bytes"
+    assert outside.read_text() == "keep me"
+    assert (root / first).is_symlink()  # left alone
