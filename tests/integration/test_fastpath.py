@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -109,6 +110,30 @@ class TestWhereTheServerChecks:
         with pytest.raises(botocore.exceptions.ClientError) as err:
             fast.put_object("B1/x.jpg", data, sha256_hex=sha, content_md5=wrong, content_type="image/jpeg", metadata={})
         assert err.value.response["Error"]["Code"] in {"BadDigest", "InvalidDigest"}
+
+    def test_part_with_wrong_content_md5_is_refused(self, make_settings):
+        """Parts go unsigned (UNSIGNED-PAYLOAD) but still carry Content-MD5, which the server checks."""
+        settings = make_settings()
+        fast = fast_for(settings)
+        client = make_client(settings)
+        bucket = settings.require_bucket()
+        data = b"p" * 1000
+        good = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+        wrong = base64.b64encode(hashlib.md5(b"other", usedforsecurity=False).digest()).decode()
+        for content_md5, refused in ((wrong, True), (good, False)):
+            # A fresh upload each time: rclone drops an upload whose part it refused.
+            upload_id = client.create_multipart_upload(Bucket=bucket, Key="B1/big.jpg")["UploadId"]
+            try:
+                if refused:
+                    with pytest.raises(botocore.exceptions.ClientError) as err:
+                        fast.upload_part("B1/big.jpg", upload_id, 1, data, content_md5=content_md5)
+                    assert err.value.response["Error"]["Code"] in {"BadDigest", "InvalidDigest"}
+                else:
+                    etag = fast.upload_part("B1/big.jpg", upload_id, 1, data, content_md5=content_md5)["ETag"]
+                    assert etag.strip('"') == hashlib.md5(data, usedforsecurity=False).hexdigest()
+            finally:
+                with contextlib.suppress(botocore.exceptions.ClientError):
+                    client.abort_multipart_upload(Bucket=bucket, Key="B1/big.jpg", UploadId=upload_id)
 
     def test_bad_secret_is_access_denied(self, make_settings):
         """A wrong secret is refused: the signature really is checked (and ours, elsewhere, is right)."""
