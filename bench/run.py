@@ -835,6 +835,22 @@ def _percentile(values: Sequence[float], pct: float) -> float:
 # --- the report ---------------------------------------------------------------------------------
 
 
+def report_head(title: str, command: str, started: dt.datetime, elapsed: float, mach: dict[str, str]) -> list[str]:
+    """The first lines of a report: title, command, date and duration, the machine."""
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{command}` (from the repository root)",
+        "",
+        f"Date: {started.strftime('%Y-%m-%d %H:%M %Z')}; the whole run took {elapsed / 60:.1f} min.",
+        "",
+        "## Machine",
+        "",
+        *(f"- {k}: {v}" for k, v in mach.items()),
+        "",
+    ]
+
+
 def machine() -> dict[str, str]:
     mem = "unknown"
     with contextlib.suppress(OSError), open("/proc/meminfo") as f:
@@ -965,16 +981,7 @@ def render(
 ) -> tuple[str, str]:
     """(the whole BENCHMARKS.md, the tables alone for stdout)."""
     head = [
-        "# Benchmarks: s3sync against aws-cli, s5cmd and rclone",
-        "",
-        f"Command: `{command}` (from the repository root)",
-        "",
-        f"Date: {started.strftime('%Y-%m-%d %H:%M %Z')}; the whole run took {elapsed / 60:.1f} min.",
-        "",
-        "## Machine",
-        "",
-        *(f"- {k}: {v}" for k, v in mach.items()),
-        "",
+        *report_head("Benchmarks: s3sync against aws-cli, s5cmd and rclone", command, started, elapsed, mach),
         "## Tools",
         "",
         *(f"- {t.name}: {t.version}" for t in tools.values()),

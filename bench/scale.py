@@ -77,6 +77,7 @@ from bench.run import (
     list_objects,
     log,
     machine,
+    report_head,
     run_proc,
     s3sync_env,
 )
@@ -356,16 +357,7 @@ def final_checks(res: Scale) -> None:
 def render(res: Scale, command: str, started: dt.datetime, elapsed: float, mach: dict[str, str]) -> str:
     n = res.objects
     lines = [
-        f"# s3sync at scale: a mirror of {n:,} objects, then a no-op pass",
-        "",
-        f"Command: `{command}` (from the repository root)",
-        "",
-        f"Date: {started.strftime('%Y-%m-%d %H:%M %Z')}; the whole run took {elapsed / 60:.1f} min.",
-        "",
-        "## Machine",
-        "",
-        *(f"- {k}: {v}" for k, v in mach.items()),
-        "",
+        *report_head(f"s3sync at scale: a mirror of {n:,} objects, then a no-op pass", command, started, elapsed, mach),
         "## Setup",
         "",
         f"- s3sync: {res.s3sync_version}, `s3sync sync --mirror-only`, environment from `bench.run.s3sync_env` "
