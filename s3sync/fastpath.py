@@ -71,6 +71,7 @@ class FastResponse:
             "ETag": self.headers.get("etag", ""),
             "Metadata": metadata,
             "LastModified": _http_date(self.headers.get("last-modified")),
+            "ContentRange": self.headers.get("content-range"),
             "Body": self.body,
         }
 
@@ -183,9 +184,10 @@ class FastPath:
         )
 
     # --- the operations --------------------------------------------------------------------------
-    def get_object(self, key: str) -> dict[str, Any]:
-        """GET ``key``; the body is streamed. Raises what botocore's ``get_object`` raises."""
-        resp = self._send("GET", key, b"", {}, _EMPTY_SHA256, stream=True, operation="GetObject")
+    def get_object(self, key: str, *, byte_range: str | None = None) -> dict[str, Any]:
+        """GET ``key`` (or a ``bytes=a-b`` range of it); the body is streamed. Raises what botocore raises."""
+        headers = {"range": byte_range} if byte_range else {}
+        resp = self._send("GET", key, b"", headers, _EMPTY_SHA256, stream=True, operation="GetObject")
         return resp.as_get()
 
     def head_object(self, key: str) -> dict[str, Any]:

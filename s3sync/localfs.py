@@ -180,6 +180,71 @@ def remove_under(root: Path, segments: Sequence[str]) -> bool:
         os.close(fd)
 
 
+class OrderedHasher:
+    """SHA-256 and/or MD5 of a file written in parts, in file order, as the parts land.
+
+    A part that lands out of order waits in a note; whichever thread completes the next part
+    in order hashes every contiguous part (read back from the page cache) while the others go
+    on downloading. Only one thread hashes at a time, and no part is read twice.
+    """
+
+    def __init__(self, writer: AtomicWriter, *, sha256: bool, md5: bool) -> None:
+        self._sha = hashlib.sha256() if sha256 else None
+        self._md5 = hashlib.md5(usedforsecurity=False) if md5 else None
+        self._fd = writer.open_for_reading()
+        self._lock = threading.Lock()
+        self._landed: dict[int, int] = {}
+        self._busy = False
+        #: Bytes hashed so far, from offset 0 without a gap.
+        self.hashed = 0
+
+    def landed(self, offset: int, length: int) -> None:
+        """Bytes ``[offset, offset + length)`` are written; hash what is now contiguous."""
+        with self._lock:
+            self._landed[offset] = length
+            if self._busy:
+                return  # the hashing thread will find it
+            self._busy = True
+        try:
+            while True:
+                with self._lock:
+                    n = self._landed.pop(self.hashed, None)
+                    if n is None:
+                        self._busy = False
+                        return
+                self._hash(self.hashed, n)
+                self.hashed += n
+        except BaseException:
+            with self._lock:
+                self._busy = False
+            raise
+
+    def _hash(self, offset: int, length: int) -> None:
+        end = offset + length
+        while offset < end:
+            chunk = os.pread(self._fd, min(_CHUNK, end - offset), offset)
+            if not chunk:
+                raise OSError(errno.EIO, "the file is shorter than what was written")
+            if self._sha is not None:
+                self._sha.update(chunk)
+            if self._md5 is not None:
+                self._md5.update(chunk)
+            offset += len(chunk)
+
+    def close(self) -> None:
+        """Release the read descriptor (idempotent)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def digests(self) -> tuple[str | None, str | None]:
+        """(SHA-256 hex or None, MD5 hex or None) of the first :attr:`hashed` bytes."""
+        return (
+            self._sha.hexdigest() if self._sha is not None else None,
+            self._md5.hexdigest() if self._md5 is not None else None,
+        )
+
+
 class AtomicWriter:
     """Write ``root/segments`` atomically and durably; use as a context manager.
 
@@ -238,6 +303,23 @@ class AtomicWriter:
             # fsync has little left to do (write-behind; the durability point is still the fsync).
             _start_writeback(self._fd, self._written_back, self.bytes_written - self._written_back)
             self._written_back = self.bytes_written
+
+    def write_at(self, data: bytes | memoryview, offset: int) -> None:
+        """Write ``data`` at ``offset`` (parts of a download land in parallel); starts its write-back."""
+        view = memoryview(data)
+        pos = offset
+        try:
+            while view:
+                n = os.pwrite(self._fd, view, pos)
+                view = view[n:]
+                pos += n
+        except OSError as exc:
+            raise LocalFileError(f"cannot write {str(self.path)!r}: {exc.strerror}", path=str(self.path)) from exc
+        _start_writeback(self._fd, offset, pos - offset)
+
+    def open_for_reading(self) -> int:
+        """A new read-only descriptor on the temporary file (to hash what landed); the caller closes it."""
+        return os.open(self._tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd)
 
     def commit(self) -> Path:
         """fsync, rename over the target, fsync the folder."""

@@ -31,7 +31,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import botocore.exceptions
 import structlog
@@ -48,7 +48,7 @@ from s3sync.errors import (
     UploadError,
 )
 from s3sync.fastpath import CredentialSource, FastPath, StaticKeys
-from s3sync.localfs import AtomicWriter, CommitGroup, Durable, hash_file, lstat_under
+from s3sync.localfs import AtomicWriter, CommitGroup, Durable, OrderedHasher, hash_file, lstat_under
 from s3sync.paths import key_to_relpath
 from s3sync.resource import Resource
 from s3sync.settings import Settings, default_settings
@@ -58,6 +58,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 log = structlog.get_logger("s3sync")
+
+_T = TypeVar("_T")
 
 #: Prefix of the state's note for a multipart upload being created (its id not known yet).
 PENDING_MULTIPART = "pending-"
@@ -703,7 +705,11 @@ class Transport:
 
     def _collect_parts(self, futures: list[Future[tuple[int, str, bytes]]], key: str) -> list[tuple[int, str, bytes]]:
         """Wait for every part; stop at the first failure or when the transport is closed."""
-        pending: set[Future[tuple[int, str, bytes]]] = set(futures)
+        return sorted(self._collect(futures, key, UploadError))
+
+    def _collect(self, futures: list[Future[_T]], key: str, kind: type[TransferError]) -> list[_T]:
+        """Every future's result, in order; raises the first failure, or ``kind`` once the transport closes."""
+        pending: set[Future[_T]] = set(futures)
         while pending:
             done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
             for fut in done:
@@ -711,8 +717,8 @@ class Transport:
                 if exc is not None:
                     raise exc
             if self._closed.is_set() and pending:
-                raise UploadError(f"upload of {key} interrupted (shutting down)", key=key)
-        return sorted(f.result() for f in futures)
+                raise kind(f"transfer of {key} interrupted (shutting down)", key=key)
+        return [f.result() for f in futures]
 
     def _abort(self, key: str, upload_id: str) -> bool:
         try:
@@ -769,7 +775,21 @@ class Transport:
                 local = hash_file(target, md5=not known.sha256)
                 if known.same_content(local.size, local.sha256, local.md5 or None):
                     return DownloadResult(key, target, 0, local.sha256, known.etag, True, 0)
+        size = remote.size if isinstance(remote, RemoteObject) else None
+        if size is not None and size >= self.settings.multipart_threshold and self.settings.max_concurrency > 1:
+            return self._get_ranged(key, segments, started, progress, group, on_durable, size)
         return self._get(key, segments, started, progress, group, on_durable)
+
+    def _request_get(self, key: str, byte_range: str | None = None) -> Mapping[str, Any]:
+        """Send a GET (of a byte range, e.g. ``bytes=0-99``); failures become :class:`DownloadError`."""
+        try:
+            if self.fast is not None:
+                return self.fast.get_object(key, byte_range=byte_range)
+            if byte_range is not None:
+                return self.client.get_object(Bucket=self.bucket, Key=key, Range=byte_range)
+            return self.client.get_object(Bucket=self.bucket, Key=key)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+            raise translate(exc, action="GET", bucket=self.bucket, key=key, kind=DownloadError) from exc
 
     def _get(
         self,
@@ -780,27 +800,30 @@ class Transport:
         group: CommitGroup | None = None,
         on_durable: Durable | None = None,
     ) -> DownloadResult:
-        resp: Mapping[str, Any]
-        try:
-            if self.fast is not None:
-                resp = self.fast.get_object(key)
-            else:
-                resp = self.client.get_object(Bucket=self.bucket, Key=key)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
-            raise translate(exc, action="GET", bucket=self.bucket, key=key, kind=DownloadError) from exc
+        return self._stream(key, segments, started, progress, group, on_durable, self._request_get(key))
+
+    def _stream(
+        self,
+        key: str,
+        segments: tuple[str, ...],
+        started: float,
+        progress: Callable[[int], None] | None,
+        group: CommitGroup | None,
+        on_durable: Durable | None,
+        resp: Mapping[str, Any],
+    ) -> DownloadResult:
+        """Write a whole-object answer to its place, hashing as it streams."""
         length = int(resp.get("ContentLength", -1))
         etag = _unquote(resp.get("ETag"))
         want_sha = _metadata_sha256(resp.get("Metadata"))
         sha = hashlib.sha256() if want_sha else None
         md5 = hashlib.md5(usedforsecurity=False) if (not want_sha and len(etag) == 32 and "-" not in etag) else None
         body = resp["Body"]
-        handed_over = False
         try:
-            w = AtomicWriter(self.settings.local_path, segments)
-            try:
+            with _Landing(self, segments, group, on_durable) as landing:
                 try:
                     while chunk := body.read(_READ_CHUNK):
-                        w.write(chunk)
+                        landing.writer.write(chunk)
                         if sha is not None:
                             sha.update(chunk)
                         if md5 is not None:
@@ -809,36 +832,203 @@ class Transport:
                             progress(len(chunk))
                 except (botocore.exceptions.BotoCoreError, OSError) as exc:
                     raise translate(exc, action="GET", bucket=self.bucket, key=key, kind=DownloadError) from exc
-                n = w.bytes_written
-                if length >= 0 and n != length:
-                    raise IntegrityError(
-                        f"GET s3://{self.bucket}/{key}: got {n} bytes, expected {length}", bucket=self.bucket, key=key
-                    )
-                if sha is not None and sha.hexdigest() != want_sha:
-                    raise IntegrityError(
-                        f"GET s3://{self.bucket}/{key}: SHA-256 mismatch (corrupted in transit)",
-                        bucket=self.bucket,
-                        key=key,
-                    )
-                if md5 is not None and md5.hexdigest() != etag:
-                    raise IntegrityError(
-                        f"GET s3://{self.bucket}/{key}: MD5 does not match the ETag (corrupted in transit)",
-                        bucket=self.bucket,
-                        key=key,
-                    )
-                path = w.path
-                if group is not None and on_durable is not None:
-                    group.submit(w, on_durable)
-                    handed_over = True
-                else:
-                    w.commit()
-            finally:
-                if not handed_over:
-                    w.close()
+                n = landing.writer.bytes_written
+                self._verify(key, n, length, sha.hexdigest() if sha else None, want_sha, md5, etag)
+                path = landing.finish()
         finally:
             body.close()
         ms = int((time.monotonic() - started) * 1000)
         return DownloadResult(key, path, n, sha.hexdigest() if sha else want_sha, etag, False, ms)
+
+    def _get_ranged(
+        self,
+        key: str,
+        segments: tuple[str, ...],
+        started: float,
+        progress: Callable[[int], None] | None,
+        group: CommitGroup | None,
+        on_durable: Durable | None,
+        size: int,
+    ) -> DownloadResult:
+        """A large object as parallel ranged GETs written in place, then hashed once from the file.
+
+        One stream of a large object keeps one core waiting on the other; parts overlap the
+        server's sending with our writing. Only for objects whose content can be verified (our
+        SHA-256 in the metadata, or a plain-MD5 ETag): a mix of two versions must not pass.
+        """
+        part = max(self.settings.multipart_chunksize, math.ceil(size / _MAX_PARTS))
+        first = self._request_get(key, f"bytes=0-{part - 1}")
+        total = _range_total(first.get("ContentRange"))
+        if total is None:  # the server ignored the range: this is the whole object
+            return self._stream(key, segments, started, progress, group, on_durable, first)
+        etag = _unquote(first.get("ETag"))
+        want_sha = _metadata_sha256(first.get("Metadata"))
+        plain_md5 = len(etag) == 32 and "-" not in etag
+        if not want_sha and not plain_md5:
+            first["Body"].close()
+            return self._get(key, segments, started, progress, group, on_durable)
+        with _Landing(self, segments, group, on_durable) as landing:
+            w = landing.writer
+            try:
+                hasher = OrderedHasher(w, sha256=bool(want_sha), md5=not want_sha)
+            except OSError as exc:
+                first["Body"].close()
+                raise translate(exc, action="GET", bucket=self.bucket, key=key, kind=DownloadError) from exc
+            try:
+                self._copy_range(key, first, w, 0, min(part, total), progress, hasher)
+                futures = [
+                    self._parts.submit(self._fetch_range, key, w, offset, min(part, total - offset), progress, hasher)
+                    for offset in range(part, total, part)
+                ]
+                self._wait_all(futures, key)  # every part landed and hashed, or all stopped and the error raised
+            finally:
+                hasher.close()
+            sha_hex, md5_hex = hasher.digests()
+            self._verify(key, hasher.hashed, total, sha_hex, want_sha, md5_hex, etag)
+            path = landing.finish()
+        ms = int((time.monotonic() - started) * 1000)
+        return DownloadResult(key, path, total, sha_hex or want_sha, etag, False, ms)
+
+    def _fetch_range(
+        self,
+        key: str,
+        w: AtomicWriter,
+        offset: int,
+        length: int,
+        progress: Callable[[int], None] | None,
+        hasher: OrderedHasher,
+    ) -> None:
+        if self._closed.is_set():
+            raise DownloadError("transport closed", key=key)
+        resp = self._request_get(key, f"bytes={offset}-{offset + length - 1}")
+        self._copy_range(key, resp, w, offset, length, progress, hasher)
+
+    def _copy_range(
+        self,
+        key: str,
+        resp: Mapping[str, Any],
+        w: AtomicWriter,
+        offset: int,
+        length: int,
+        progress: Callable[[int], None] | None,
+        hasher: OrderedHasher,
+    ) -> None:
+        """Write one ranged answer at ``offset`` (it must be exactly the range asked for), then hash in order."""
+        body = resp["Body"]
+        try:
+            start = _range_start(resp.get("ContentRange"))
+            if start != offset:
+                raise IntegrityError(
+                    f"GET s3://{self.bucket}/{key}: asked for bytes from {offset}, got {resp.get('ContentRange')!r}",
+                    bucket=self.bucket,
+                    key=key,
+                )
+            pos = offset
+            try:
+                while chunk := body.read(_READ_CHUNK):
+                    if pos + len(chunk) > offset + length:
+                        break  # more than asked for: caught by the length check below
+                    w.write_at(chunk, pos)
+                    pos += len(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+            except (botocore.exceptions.BotoCoreError, OSError) as exc:
+                raise translate(exc, action="GET", bucket=self.bucket, key=key, kind=DownloadError) from exc
+            if pos != offset + length:
+                raise IntegrityError(
+                    f"GET s3://{self.bucket}/{key}: range at {offset} gave {pos - offset} bytes, expected {length}",
+                    bucket=self.bucket,
+                    key=key,
+                )
+        finally:
+            body.close()
+        try:
+            hasher.landed(offset, length)
+        except OSError as exc:
+            raise translate(exc, action="GET", bucket=self.bucket, key=key, kind=DownloadError) from exc
+
+    def _wait_all(self, futures: list[Future[None]], key: str) -> None:
+        """Wait for every part; on the first failure stop the others and wait until none runs."""
+        try:
+            self._collect(futures, key, DownloadError)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            # The parts write into a descriptor the caller closes next: none may still run then.
+            wait([f for f in futures if not f.cancelled()])
+            raise
+
+    def _verify(
+        self,
+        key: str,
+        n: int,
+        length: int,
+        sha_hex: str | None,
+        want_sha: str | None,
+        md5: Any,
+        etag: str,
+    ) -> None:
+        """Size, then SHA-256 (from metadata) or MD5 (a plain ETag): a mismatch is an IntegrityError."""
+        where = f"GET s3://{self.bucket}/{key}"
+        if length >= 0 and n != length:
+            raise IntegrityError(f"{where}: got {n} bytes, expected {length}", bucket=self.bucket, key=key)
+        if want_sha and sha_hex != want_sha:
+            raise IntegrityError(f"{where}: SHA-256 mismatch (corrupted in transit)", bucket=self.bucket, key=key)
+        md5_hex = md5 if isinstance(md5, str) or md5 is None else md5.hexdigest()
+        if md5_hex and md5_hex != etag:
+            raise IntegrityError(
+                f"{where}: MD5 does not match the ETag (corrupted in transit)", bucket=self.bucket, key=key
+            )
+
+
+class _Landing:
+    """Where a download lands: a temp file, then committed by the group or directly; removed on failure."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        segments: tuple[str, ...],
+        group: CommitGroup | None,
+        on_durable: Durable | None,
+    ) -> None:
+        self.writer = AtomicWriter(transport.settings.local_path, segments)
+        self._group = group
+        self._on_durable = on_durable
+        self._handed_over = False
+
+    def finish(self) -> Path:
+        """Commit (or hand to the group, which commits and calls ``on_durable``); the final path."""
+        path = self.writer.path
+        if self._group is not None and self._on_durable is not None:
+            self._group.submit(self.writer, self._on_durable)
+            self._handed_over = True
+        else:
+            self.writer.commit()
+        return path
+
+    def __enter__(self) -> _Landing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._handed_over:
+            self.writer.close()
+
+
+def _range_total(content_range: str | None) -> int | None:
+    """The total size from ``bytes 0-99/1234``; None when absent or unreadable (or ``*``)."""
+    if not content_range:
+        return None
+    _, _, total = content_range.rpartition("/")
+    return int(total) if total.strip().isdigit() else None
+
+
+def _range_start(content_range: str | None) -> int | None:
+    """The first byte from ``bytes 0-99/1234``; None when absent or unreadable."""
+    if not content_range:
+        return None
+    spec = content_range.strip().removeprefix("bytes").strip()
+    start = spec.partition("-")[0]
+    return int(start) if start.isdigit() else None
 
 
 def _changed_on_disk(path: Path, st: os.stat_result) -> bool:
