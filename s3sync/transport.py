@@ -776,9 +776,10 @@ class Transport:
                 if known.same_content(local.size, local.sha256, local.md5 or None):
                     return DownloadResult(key, target, 0, local.sha256, known.etag, True, 0)
         size = remote.size if isinstance(remote, RemoteObject) else None
+        job = _Fetch(key, segments, started, progress, group, on_durable)
         if size is not None and size >= self.settings.multipart_threshold and self.settings.max_concurrency > 1:
-            return self._get_ranged(key, segments, started, progress, group, on_durable, size)
-        return self._get(key, segments, started, progress, group, on_durable)
+            return self._get_ranged(job, size)
+        return self._get(job)
 
     def _request_get(self, key: str, byte_range: str | None = None) -> Mapping[str, Any]:
         """Send a GET (of a byte range, e.g. ``bytes=0-99``); failures become :class:`DownloadError`."""
@@ -791,28 +792,12 @@ class Transport:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
             raise translate(exc, action="GET", bucket=self.bucket, key=key, kind=DownloadError) from exc
 
-    def _get(
-        self,
-        key: str,
-        segments: tuple[str, ...],
-        started: float,
-        progress: Callable[[int], None] | None,
-        group: CommitGroup | None = None,
-        on_durable: Durable | None = None,
-    ) -> DownloadResult:
-        return self._stream(key, segments, started, progress, group, on_durable, self._request_get(key))
+    def _get(self, job: _Fetch) -> DownloadResult:
+        return self._stream(job, self._request_get(job.key))
 
-    def _stream(
-        self,
-        key: str,
-        segments: tuple[str, ...],
-        started: float,
-        progress: Callable[[int], None] | None,
-        group: CommitGroup | None,
-        on_durable: Durable | None,
-        resp: Mapping[str, Any],
-    ) -> DownloadResult:
+    def _stream(self, job: _Fetch, resp: Mapping[str, Any]) -> DownloadResult:
         """Write a whole-object answer to its place, hashing as it streams."""
+        key, progress = job.key, job.progress
         length = int(resp.get("ContentLength", -1))
         etag = _unquote(resp.get("ETag"))
         want_sha = _metadata_sha256(resp.get("Metadata"))
@@ -820,7 +805,7 @@ class Transport:
         md5 = hashlib.md5(usedforsecurity=False) if (not want_sha and len(etag) == 32 and "-" not in etag) else None
         body = resp["Body"]
         try:
-            with _Landing(self, segments, group, on_durable) as landing:
+            with _Landing(self, job) as landing:
                 try:
                     while chunk := body.read(_READ_CHUNK):
                         landing.writer.write(chunk)
@@ -837,37 +822,29 @@ class Transport:
                 path = landing.finish()
         finally:
             body.close()
-        ms = int((time.monotonic() - started) * 1000)
+        ms = int((time.monotonic() - job.started) * 1000)
         return DownloadResult(key, path, n, sha.hexdigest() if sha else want_sha, etag, False, ms)
 
-    def _get_ranged(
-        self,
-        key: str,
-        segments: tuple[str, ...],
-        started: float,
-        progress: Callable[[int], None] | None,
-        group: CommitGroup | None,
-        on_durable: Durable | None,
-        size: int,
-    ) -> DownloadResult:
+    def _get_ranged(self, job: _Fetch, size: int) -> DownloadResult:
         """A large object as parallel ranged GETs written in place, then hashed once from the file.
 
         One stream of a large object keeps one core waiting on the other; parts overlap the
         server's sending with our writing. Only for objects whose content can be verified (our
         SHA-256 in the metadata, or a plain-MD5 ETag): a mix of two versions must not pass.
         """
+        key, progress = job.key, job.progress
         part = max(self.settings.multipart_chunksize, math.ceil(size / _MAX_PARTS))
         first = self._request_get(key, f"bytes=0-{part - 1}")
         total = _range_total(first.get("ContentRange"))
         if total is None:  # the server ignored the range: this is the whole object
-            return self._stream(key, segments, started, progress, group, on_durable, first)
+            return self._stream(job, first)
         etag = _unquote(first.get("ETag"))
         want_sha = _metadata_sha256(first.get("Metadata"))
         plain_md5 = len(etag) == 32 and "-" not in etag
         if not want_sha and not plain_md5:
             first["Body"].close()
-            return self._get(key, segments, started, progress, group, on_durable)
-        with _Landing(self, segments, group, on_durable) as landing:
+            return self._get(job)
+        with _Landing(self, job) as landing:
             w = landing.writer
             try:
                 hasher = OrderedHasher(w, sha256=bool(want_sha), md5=not want_sha)
@@ -886,7 +863,7 @@ class Transport:
             sha_hex, md5_hex = hasher.digests()
             self._verify(key, hasher.hashed, total, sha_hex, want_sha, md5_hex, etag)
             path = landing.finish()
-        ms = int((time.monotonic() - started) * 1000)
+        ms = int((time.monotonic() - job.started) * 1000)
         return DownloadResult(key, path, total, sha_hex or want_sha, etag, False, ms)
 
     def _fetch_range(
@@ -981,19 +958,25 @@ class Transport:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class _Fetch:
+    """One download under way: the key, where it lands, and whom it tells."""
+
+    key: str
+    segments: tuple[str, ...]
+    started: float
+    progress: Callable[[int], None] | None
+    group: CommitGroup | None
+    on_durable: Durable | None
+
+
 class _Landing:
     """Where a download lands: a temp file, then committed by the group or directly; removed on failure."""
 
-    def __init__(
-        self,
-        transport: Transport,
-        segments: tuple[str, ...],
-        group: CommitGroup | None,
-        on_durable: Durable | None,
-    ) -> None:
-        self.writer = AtomicWriter(transport.settings.local_path, segments)
-        self._group = group
-        self._on_durable = on_durable
+    def __init__(self, transport: Transport, job: _Fetch) -> None:
+        self.writer = AtomicWriter(transport.settings.local_path, job.segments)
+        self._group = job.group
+        self._on_durable = job.on_durable
         self._handed_over = False
 
     def finish(self) -> Path:
