@@ -338,6 +338,8 @@ class Transport:
 
     def _fast_path(self, keys: StaticKeys | None) -> FastPath | None:
         """The fast path on a custom endpoint; None on AWS itself or with no credentials at all."""
+        if not self.settings.endpoint_url:
+            return None  # AWS itself: botocore (redirects, virtual hosts), its client made on first use
         endpoint, region = self.settings.endpoint_url, _region(self.settings)
         credentials: CredentialSource | None = keys
         if self._client is not None or keys is None:
@@ -345,7 +347,7 @@ class Transport:
             client = self.client
             credentials = client._request_signer._credentials  # type: ignore[attr-defined]
             endpoint, region = client.meta.endpoint_url, client.meta.region_name
-        if not self.settings.endpoint_url or credentials is None:
+        if credentials is None:
             return None  # anonymous access: botocore knows how to send unsigned requests
         return FastPath(
             endpoint_url=endpoint or self.settings.endpoint_url,
