@@ -103,7 +103,7 @@ class RemoteObject:
     @property
     def etag_is_md5(self) -> bool:
         """True when the ETag is a plain MD5 of the content (single-part upload, no SSE-KMS)."""
-        return len(self.etag) == 32 and "-" not in self.etag
+        return _is_md5_etag(self.etag)
 
     def same_content(self, size: int, sha256: str | None, md5: str | None) -> bool:
         """Whether a local file of ``size`` with these hashes holds the same bytes."""
@@ -216,6 +216,11 @@ def _parse_timestamp(value: str) -> datetime:
 
         return botocore.utils.parse_timestamp(value)
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _is_md5_etag(etag: str) -> bool:
+    """An (unquoted) ETag that is the plain MD5 of the content, not a multipart or SSE-KMS one."""
+    return len(etag) == 32 and "-" not in etag
 
 
 def _unquote(etag: str | None) -> str:
@@ -559,7 +564,7 @@ class Transport:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
             raise translate(exc, action="PUT", bucket=self.bucket, key=res.key, kind=UploadError) from exc
         etag = _unquote(resp.get("ETag"))
-        if len(etag) == 32 and "-" not in etag and etag != md5.hexdigest():
+        if _is_md5_etag(etag) and etag != md5.hexdigest():
             raise IntegrityError(
                 f"PUT s3://{self.bucket}/{res.key}: stored ETag {etag} is not our MD5", bucket=self.bucket, key=res.key
             )
@@ -804,7 +809,7 @@ class Transport:
         etag = _unquote(resp.get("ETag"))
         want_sha = _metadata_sha256(resp.get("Metadata"))
         sha = hashlib.sha256() if want_sha else None
-        md5 = hashlib.md5(usedforsecurity=False) if (not want_sha and len(etag) == 32 and "-" not in etag) else None
+        md5 = hashlib.md5(usedforsecurity=False) if (not want_sha and _is_md5_etag(etag)) else None
         body = resp["Body"]
         try:
             with _Landing(self, job) as landing:
@@ -820,21 +825,22 @@ class Transport:
                 except (botocore.exceptions.BotoCoreError, OSError) as exc:
                     raise translate(exc, action="GET", bucket=self.bucket, key=key, kind=DownloadError) from exc
                 n = landing.writer.bytes_written
-                self._verify(key, n, length, sha.hexdigest() if sha else None, want_sha, md5, etag)
+                sha_hex = sha.hexdigest() if sha else None
+                self._verify(key, n, length, sha_hex, want_sha, md5.hexdigest() if md5 else None, etag)
                 path = landing.finish()
         finally:
             body.close()
         ms = int((time.monotonic() - job.started) * 1000)
-        return DownloadResult(key, path, n, sha.hexdigest() if sha else want_sha, etag, False, ms)
+        return DownloadResult(key, path, n, sha_hex or want_sha, etag, False, ms)
 
     def _get_ranged(self, job: _Fetch, size: int) -> DownloadResult:
-        """A large object as parallel ranged GETs written in place, then hashed once from the file.
+        """A large object as parallel ranged GETs written in place, hashed in file order as they land.
 
         One stream of a large object keeps one core waiting on the other; parts overlap the
         server's sending with our writing. Only for objects whose content can be verified (our
         SHA-256 in the metadata, or a plain-MD5 ETag): a mix of two versions must not pass.
         """
-        key, progress = job.key, job.progress
+        key = job.key
         part = max(self.settings.multipart_chunksize, math.ceil(size / _MAX_PARTS))
         first = self._request_get(key, f"bytes=0-{part - 1}")
         total = _range_total(first.get("ContentRange"))
@@ -842,8 +848,7 @@ class Transport:
             return self._stream(job, first)
         etag = _unquote(first.get("ETag"))
         want_sha = _metadata_sha256(first.get("Metadata"))
-        plain_md5 = len(etag) == 32 and "-" not in etag
-        if not want_sha and not plain_md5:
+        if not want_sha and not _is_md5_etag(etag):
             first["Body"].close()
             return self._get(job)
         with _Landing(self, job) as landing:
@@ -854,9 +859,9 @@ class Transport:
                 first["Body"].close()
                 raise translate(exc, action="GET", bucket=self.bucket, key=key, kind=DownloadError) from exc
             try:
-                self._copy_range(key, first, w, 0, min(part, total), progress, hasher)
+                self._copy_range(job, first, w, hasher, 0, min(part, total))
                 futures = [
-                    self._parts.submit(self._fetch_range, key, w, offset, min(part, total - offset), progress, hasher)
+                    self._parts.submit(self._fetch_range, job, w, hasher, offset, min(part, total - offset))
                     for offset in range(part, total, part)
                 ]
                 self._wait_all(futures, key)  # every part landed and hashed, or all stopped and the error raised
@@ -868,31 +873,17 @@ class Transport:
         ms = int((time.monotonic() - job.started) * 1000)
         return DownloadResult(key, path, total, sha_hex or want_sha, etag, False, ms)
 
-    def _fetch_range(
-        self,
-        key: str,
-        w: AtomicWriter,
-        offset: int,
-        length: int,
-        progress: Callable[[int], None] | None,
-        hasher: OrderedHasher,
-    ) -> None:
+    def _fetch_range(self, job: _Fetch, w: AtomicWriter, hasher: OrderedHasher, offset: int, length: int) -> None:
         if self._closed.is_set():
-            raise DownloadError("transport closed", key=key)
-        resp = self._request_get(key, f"bytes={offset}-{offset + length - 1}")
-        self._copy_range(key, resp, w, offset, length, progress, hasher)
+            raise DownloadError("transport closed", key=job.key)
+        resp = self._request_get(job.key, f"bytes={offset}-{offset + length - 1}")
+        self._copy_range(job, resp, w, hasher, offset, length)
 
     def _copy_range(
-        self,
-        key: str,
-        resp: Mapping[str, Any],
-        w: AtomicWriter,
-        offset: int,
-        length: int,
-        progress: Callable[[int], None] | None,
-        hasher: OrderedHasher,
+        self, job: _Fetch, resp: Mapping[str, Any], w: AtomicWriter, hasher: OrderedHasher, offset: int, length: int
     ) -> None:
         """Write one ranged answer at ``offset`` (it must be exactly the range asked for), then hash in order."""
+        key, progress = job.key, job.progress
         body = resp["Body"]
         try:
             start = _range_start(resp.get("ContentRange"))
@@ -944,7 +935,7 @@ class Transport:
         length: int,
         sha_hex: str | None,
         want_sha: str | None,
-        md5: Any,
+        md5_hex: str | None,
         etag: str,
     ) -> None:
         """Size, then SHA-256 (from metadata) or MD5 (a plain ETag): a mismatch is an IntegrityError."""
@@ -953,7 +944,6 @@ class Transport:
             raise IntegrityError(f"{where}: got {n} bytes, expected {length}", bucket=self.bucket, key=key)
         if want_sha and sha_hex != want_sha:
             raise IntegrityError(f"{where}: SHA-256 mismatch (corrupted in transit)", bucket=self.bucket, key=key)
-        md5_hex = md5 if isinstance(md5, str) or md5 is None else md5.hexdigest()
         if md5_hex and md5_hex != etag:
             raise IntegrityError(
                 f"{where}: MD5 does not match the ETag (corrupted in transit)", bucket=self.bucket, key=key
