@@ -44,7 +44,7 @@ from urllib3.exceptions import (
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-__all__ = ["FastPath", "FastResponse", "StaticKeys"]
+__all__ = ["FastPath", "FastResponse", "StaticKeys", "parse_iso_timestamp"]
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _UNSIGNED = "UNSIGNED-PAYLOAD"
@@ -170,7 +170,7 @@ class FastPath:
         self.hooks: list[RequestHook] = []
 
     @classmethod
-    def for_client(cls, client: S3Client, bucket: str, **options: Any) -> FastPath:
+    def for_client(cls, client: S3Client, **options: Any) -> FastPath:
         """A fast path with the same endpoint, region and (refreshing) credentials as ``client``."""
         credentials = client._request_signer._credentials  # type: ignore[attr-defined]
         if credentials is None:
@@ -178,7 +178,6 @@ class FastPath:
         return cls(
             endpoint_url=client.meta.endpoint_url,
             region=client.meta.region_name or "us-east-1",
-            bucket=bucket,
             credentials=credentials,
             **options,
         )
@@ -376,7 +375,7 @@ def _parse_listing(raw: bytes) -> dict[str, Any]:
                 "Key": unquote_plus(o.get("Key", "")) if decode else o.get("Key", ""),
                 "Size": int(o.get("Size") or 0),
                 "ETag": o.get("ETag", ""),
-                "LastModified": _iso_timestamp(o.get("LastModified")),
+                "LastModified": parse_iso_timestamp(o.get("LastModified")),
             }
             for o in contents
         ],
@@ -385,13 +384,13 @@ def _parse_listing(raw: bytes) -> dict[str, Any]:
     }
 
 
-def _iso_timestamp(value: str | None) -> datetime | None:
+def parse_iso_timestamp(value: str | None) -> datetime | None:
     """An XML timestamp (``2026-11-27T14:31:55.000Z``) as an aware datetime; None when absent or unreadable."""
     if not value:
         return None
     try:
         parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
+    except (TypeError, ValueError):
         return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
@@ -47,7 +47,7 @@ from s3sync.errors import (
     TransferError,
     UploadError,
 )
-from s3sync.fastpath import CredentialSource, FastPath, StaticKeys
+from s3sync.fastpath import FastPath, StaticKeys, parse_iso_timestamp
 from s3sync.localfs import AtomicWriter, CommitGroup, Durable, OrderedHasher, hash_file, lstat_under
 from s3sync.paths import key_to_relpath
 from s3sync.resource import Resource
@@ -209,13 +209,12 @@ def make_client(settings: Settings) -> S3Client:
 
 def _parse_timestamp(value: str) -> datetime:
     """botocore's timestamp parser, with a fast path for the ISO 8601 of XML bodies."""
-    try:
-        parsed = datetime.fromisoformat(value)
-    except (TypeError, ValueError):
+    parsed = parse_iso_timestamp(value)
+    if parsed is None:
         import botocore.utils  # loaded with the client anyway
 
         return botocore.utils.parse_timestamp(value)
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return parsed
 
 
 def _is_md5_etag(etag: str) -> bool:
@@ -345,25 +344,21 @@ class Transport:
         """The fast path on a custom endpoint; None on AWS itself or with no credentials at all."""
         if not self.settings.endpoint_url:
             return None  # AWS itself: botocore (redirects, virtual hosts), its client made on first use
-        endpoint, region = self.settings.endpoint_url, _region(self.settings)
-        credentials: CredentialSource | None = keys
-        if self._client is not None or keys is None:
-            # A caller's client, or the default chain: botocore's (refreshing) credentials.
-            client = self.client
-            credentials = client._request_signer._credentials  # type: ignore[attr-defined]
-            endpoint, region = client.meta.endpoint_url, client.meta.region_name
-        if credentials is None:
+        options: dict[str, Any] = {
+            "bucket": self.bucket,
+            "max_connections": max(10, self.settings.max_concurrency * 2),
+            "connect_timeout": self.settings.connect_timeout,
+            "read_timeout": self.settings.read_timeout,
+            "max_attempts": self.settings.max_attempts,
+        }
+        if self._client is None and keys is not None:
+            region = _region(self.settings) or "us-east-1"
+            return FastPath(endpoint_url=self.settings.endpoint_url, region=region, credentials=keys, **options)
+        # A caller's client, or the default chain: botocore's (refreshing) credentials.
+        try:
+            return FastPath.for_client(self.client, **options)
+        except botocore.exceptions.NoCredentialsError:
             return None  # anonymous access: botocore knows how to send unsigned requests
-        return FastPath(
-            endpoint_url=endpoint or self.settings.endpoint_url,
-            region=region or "us-east-1",
-            bucket=self.bucket,
-            credentials=credentials,
-            max_connections=max(10, self.settings.max_concurrency * 2),
-            connect_timeout=self.settings.connect_timeout,
-            read_timeout=self.settings.read_timeout,
-            max_attempts=self.settings.max_attempts,
-        )
 
     @property
     def client(self) -> S3Client:

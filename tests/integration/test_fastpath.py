@@ -30,7 +30,7 @@ KEYS = [
 
 def fast_for(settings) -> FastPath:
     return FastPath.for_client(
-        make_client(settings), settings.require_bucket(), max_connections=4, connect_timeout=2, read_timeout=10
+        make_client(settings), bucket=settings.require_bucket(), max_connections=4, connect_timeout=2, read_timeout=10
     )
 
 
