@@ -4,8 +4,8 @@ botocore is general: every call validates parameters, runs a dozen event handler
 endpoint, builds and parses through service models. For a 64 KiB object on a fast local server
 that is most of the CPU a transfer costs, and with the GIL the CPU is the limit (measured: about
 3x the objects per second with this path). This module sends the same HTTP requests directly:
-SigV4 signed (with the credentials botocore resolved, refreshed as botocore refreshes them), on a
-urllib3 connection pool, and maps every failure to the botocore exception botocore would have
+SigV4 signed (with the credentials botocore resolved, refreshed as botocore refreshes them), on
+the keep-alive connections of :mod:`s3sync.wire`, and maps every failure to the botocore exception botocore would have
 raised, so :func:`s3sync.transport.translate` and all callers behave the same.
 
 It is used only where its requests are fully known: a custom endpoint (``S3_ENDPOINT_URL``) with
@@ -32,14 +32,8 @@ from urllib.parse import quote, unquote_plus, urlsplit
 from xml.etree import ElementTree
 
 import botocore.exceptions
-import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-)
+
+from s3sync import wire
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -108,33 +102,25 @@ class StaticKeys:
 class _Body:
     """The response stream, raising botocore's exceptions (as botocore's StreamingBody does)."""
 
-    def __init__(self, resp: urllib3.BaseHTTPResponse, url: str, length: int) -> None:
+    def __init__(self, resp: wire.Response, url: str) -> None:
         self._resp = resp
         self._url = url
-        self._length = length
-        self._read = 0
 
     def read(self, amt: int | None = None) -> bytes:
         try:
-            data = self._resp.read(amt)
-        except ReadTimeoutError as exc:
+            return self._resp.read(amt)
+        except wire.ReadTimeoutError as exc:
             raise botocore.exceptions.ReadTimeoutError(endpoint_url=self._url, error=exc) from exc
-        except (ProtocolError, HTTPError, OSError) as exc:
+        except wire.WireError as exc:
             raise botocore.exceptions.ResponseStreamingError(error=exc) from exc
-        self._read += len(data)
-        return data
 
     def close(self) -> None:
-        """Return the connection to the pool after a complete body; drop it otherwise."""
-        if self._length >= 0 and self._read == self._length:
-            self._resp.release_conn()
-        else:
-            self._resp.close()
-            self._resp.release_conn()
+        """Return the connection to the pool after a complete body; close it otherwise."""
+        self._resp.close()
 
 
 class FastPath:
-    """LIST, HEAD, GET and PUT of single objects through urllib3, signed like botocore signs them."""
+    """LIST, HEAD, GET and PUT of single objects on keep-alive connections, signed like botocore signs them."""
 
     def __init__(
         self,
@@ -157,13 +143,8 @@ class FastPath:
         self._scheme = url.scheme
         self._host = url.netloc
         self._base_path = url.path.rstrip("/")
-        # One host: its connection pool directly (a PoolManager would parse every URL to pick it).
-        self._pool = urllib3.connection_from_url(
-            endpoint_url,
-            maxsize=max_connections,
-            block=False,
-            retries=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+        self._pool = wire.Pool(
+            endpoint_url, maxsize=max_connections, connect_timeout=connect_timeout, read_timeout=read_timeout
         )
         self._keys: dict[tuple[str, str], bytes] = {}
         self._lock = threading.Lock()
@@ -275,32 +256,25 @@ class FastPath:
         """One HTTP exchange; failures become the botocore exceptions botocore would raise."""
         url = f"{self._scheme}://{self._host}{target}"
         try:
-            resp = self._pool.urlopen(
-                method,
-                target,
-                body=body or None,
-                headers=headers,
-                preload_content=not stream,
-                redirect=False,
-                retries=False,
-                assert_same_host=False,
-            )
-        except ConnectTimeoutError as exc:
+            resp = self._pool.request(method, target, headers, body, preload=not stream)
+        except wire.ConnectTimeoutError as exc:
             raise botocore.exceptions.ConnectTimeoutError(endpoint_url=url, error=exc) from exc
-        except NewConnectionError as exc:
+        except wire.ConnectError as exc:
             raise botocore.exceptions.EndpointConnectionError(endpoint_url=url, error=exc) from exc
-        except ReadTimeoutError as exc:
+        except wire.ReadTimeoutError as exc:
             raise botocore.exceptions.ReadTimeoutError(endpoint_url=url, error=exc) from exc
-        except (ProtocolError, HTTPError, OSError) as exc:
+        except wire.WireError as exc:
             raise botocore.exceptions.ConnectionClosedError(endpoint_url=url, error=exc) from exc
         if resp.status >= 300:
-            raw = resp.read() if stream else resp.data
-            resp.release_conn()
-            raise _client_error(resp.status, raw or b"", operation, resp.headers)
-        length = int(resp.headers.get("content-length", "-1"))
+            try:
+                raw = resp.read() if stream else resp.data
+            except wire.WireError:
+                raw = b""  # the status says enough
+            resp.close()
+            raise _client_error(resp.status, raw, operation, resp.headers)
         if stream:
-            return FastResponse(resp.status, resp.headers, _Body(resp, url, length))
-        return FastResponse(resp.status, resp.headers, None, resp.data or b"")
+            return FastResponse(resp.status, resp.headers, _Body(resp, url))
+        return FastResponse(resp.status, resp.headers, None, resp.data)
 
     def _sign(self, method: str, path: str, qs: str, headers: dict[str, str], payload_sha256: str) -> dict[str, str]:
         creds = self._credentials.get_frozen_credentials()
@@ -332,7 +306,7 @@ class FastPath:
             f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
             f"SignedHeaders={';'.join(names)}, Signature={signature}"
         )
-        del all_headers["host"]  # urllib3 sends it from the URL
+        del all_headers["host"]  # the connection pool sends its own
         return all_headers
 
     def _signing_key(self, secret: str, day: str) -> bytes:
