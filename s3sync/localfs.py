@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import hashlib
 import os
 import queue
@@ -283,7 +284,7 @@ class AtomicWriter:
         self.bytes_written = 0
         self._written_back = 0
 
-    @property
+    @functools.cached_property
     def path(self) -> Path:
         """The final path."""
         return self.root.joinpath(*self.segments)

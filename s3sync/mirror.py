@@ -70,6 +70,7 @@ class Mirror:
         self.transport = transport
         self.state = state
         self.root = settings.local_path
+        self._root_str = str(self.root)
         self.dry_run = dry_run
         self.heartbeat = time.monotonic()
         self._on_result = on_result
@@ -163,7 +164,7 @@ class Mirror:
                 self._report_once(obj.key, "mirror.key_conflict", reason=conflict)
                 return None
             try:
-                st = os.lstat(self.root.joinpath(*segments))
+                st = os.lstat(os.path.join(self._root_str, *segments))  # noqa: PTH118 - a str: no Path per object
                 local = LocalStat(st.st_size, st.st_mtime_ns)
             except OSError:
                 pass

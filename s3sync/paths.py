@@ -49,7 +49,8 @@ def key_to_relpath(key: str) -> tuple[str, ...]:
         raise UnsafeKeyError(key, "is absolute (starts with '/')")
     if "\\" in key:
         raise UnsafeKeyError(key, "contains a backslash")
-    for ch in key:
+    # Printable ASCII holds no control character: most keys skip the per-character check.
+    for ch in () if key.isascii() and key.isprintable() else key:
         if ch == "\x00":
             raise UnsafeKeyError(key, "contains a NUL character")
         if unicodedata.category(ch) in {"Cc", "Cs"}:

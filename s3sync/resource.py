@@ -80,6 +80,8 @@ class ParsedName:
 
 
 def _first_bad_character(name: str) -> str | None:
+    if name.isascii() and name.isprintable() and " " not in name and "/" not in name and "\\" not in name:
+        return None  # the common case, without a Python loop over the characters
     for ch in name:
         if ch in "/\\":
             return "contains a path separator"

@@ -181,12 +181,11 @@ class Service:
         grows beyond a quarter of the files' count in pages, or beyond 200 pages, is abandoned:
         HEADs are cheaper then, and memory stays bounded.
         """
-        from s3sync.resource import Resource
 
         keys: list[str] = []
         for path in paths:
             try:
-                keys.append(Resource(path.name, settings=self.settings).key)
+                keys.append(self.transport.resource(path.name).key)
             except S3SyncError:
                 continue
         if len(keys) < 32:

@@ -19,6 +19,7 @@ botocore exceptions are translated into :mod:`s3sync.errors` here and nowhere el
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import math
 import mimetypes
@@ -327,6 +328,8 @@ class Transport:
         self.bucket = self.settings.require_bucket()
         keys = static_keys(self.settings)  # a half-set pair fails here, not at the first request
         self._client: S3Client | None = client
+        # A file's name is parsed by the catch-up listing, the queue and the upload: once is enough.
+        self._resources = functools.lru_cache(maxsize=4096)(self._make_resource)
         self._client_lock = threading.Lock()
         #: The lean GET/PUT/LIST path (custom endpoints with path-style addressing), or None: botocore.
         self.fast: FastPath | None = self._fast_path(keys) if self.settings.fast_path else None
@@ -387,7 +390,10 @@ class Transport:
 
     # --- naming --------------------------------------------------------------------------
     def resource(self, name: str) -> Resource:
-        """A :class:`Resource` under this transport's settings."""
+        """A :class:`Resource` under this transport's settings (recent ones are reused: they are immutable)."""
+        return self._resources(name)
+
+    def _make_resource(self, name: str) -> Resource:
         return Resource(name, settings=self.settings)
 
     def _resolve_upload(self, item: Resource | str | os.PathLike[str]) -> tuple[Path, Resource]:
@@ -765,9 +771,9 @@ class Transport:
         started = time.monotonic()
         segments = key_to_relpath(key)
         root = self.settings.local_path
-        target = root.joinpath(*segments)
         existing = None if known_absent else lstat_under(root, segments)
         if existing is not None:
+            target = root.joinpath(*segments)
             known = self._remote(key, remote)
             if known is None:
                 raise NotFoundError(f"GET s3://{self.bucket}/{key}: no such object", bucket=self.bucket, key=key)

@@ -36,7 +36,6 @@ from s3sync.errors import (
 )
 from s3sync.localfs import hash_file
 from s3sync.plan import LocalStat, UploadAction, backoff_delay, is_ignored_name, plan_upload, ready_to_upload
-from s3sync.resource import Resource
 from s3sync.settings import Settings
 from s3sync.state import State, UploadRecord
 from s3sync.transport import UNKNOWN, RemoteObject, Transport, UploadResult
@@ -209,7 +208,7 @@ class Uploader:
             remote: RemoteObject | object | None = UNKNOWN
             if remote_lookup is not None:
                 with contextlib.suppress(InvalidNameError):
-                    remote = remote_lookup(Resource(path.name, settings=self.settings).key)
+                    remote = remote_lookup(self.transport.resource(path.name).key)
             self.notify(path, "scan", remote=remote)
         return len(paths)
 
@@ -408,7 +407,7 @@ class Uploader:
         local = LocalStat(st.st_size, st.st_mtime_ns)
         rec = self.state.get_upload(rel)
         try:
-            res = Resource(path.name, settings=self.settings)
+            res = self.transport.resource(path.name)
         except InvalidNameError as exc:
             self._reject(path, rel, local, rec, exc.reason)
             return
