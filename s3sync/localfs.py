@@ -430,6 +430,10 @@ Durable = Callable[[Path | None, LocalFileError | None], None]
 _STOP = object()
 
 
+#: Batches of up to this many files are fsynced one by one rather than with one syncfs.
+_FSYNC_EACH_UP_TO = 4
+
+
 def _load_syncfs() -> Callable[[int], int] | None:
     try:
         fn = ctypes.CDLL(None, use_errno=True).syncfs
@@ -447,8 +451,9 @@ class CommitGroup:
     disk before the rename, and the rename is on disk before ``on_done(path, None)`` is called
     (``on_done(None, error)`` when it could not be committed; the temporary file is gone then).
     A batch of up to ``max_batch`` files, gathered for at most ``max_delay`` seconds, costs one
-    ``syncfs(2)`` of the file system (one ``fsync`` per file where syncfs is unavailable), the
-    renames, and one ``fsync`` per distinct folder, instead of two fsyncs per file.
+    ``syncfs(2)`` of the file system (one ``fsync`` per file for a batch of a few files, or where
+    syncfs is unavailable), the renames, and one ``fsync`` per distinct folder, instead of two
+    fsyncs per file.
 
     :meth:`submit` blocks while ``max_batch`` files wait, so open descriptors stay bounded.
     :meth:`close` commits what is pending and stops the thread.
@@ -533,8 +538,13 @@ class CommitGroup:
             _call(on_done, None, failure)
 
     def _sync_all(self, writers: list[AtomicWriter]) -> bool:
-        """One syncfs per file system the batch touches; False when each file must be fsynced."""
-        if self._syncfs is None:
+        """One syncfs per file system the batch touches; False when each file must be fsynced.
+
+        A batch of a few files is fsynced file by file instead: syncfs also flushes whatever
+        other programs left dirty on the file system (a server that just wrote 512 MiB), which
+        a few fsyncs never wait for.
+        """
+        if self._syncfs is None or len(writers) <= _FSYNC_EACH_UP_TO:
             return False
         devices: dict[int, int] = {}
         try:

@@ -92,3 +92,29 @@ def test_replacing_keeps_the_old_copy_until_the_new_one_is_durable(tmp_path):
         group.submit(w, lambda path, error: seen.append(target.read_bytes()))
         assert target.read_bytes() in {b"old" * 1000, b"new" * 1000}
     assert seen == [b"new" * 1000]
+
+
+def test_a_few_files_are_fsynced_alone_a_batch_with_one_syncfs(tmp_path):
+    """syncfs also flushes other programs' dirty data: a batch of a few files is fsynced file by file."""
+    group = CommitGroup(max_batch=16, max_delay=0.5)
+    real = group._syncfs
+    if real is None:
+        pytest.skip("no syncfs(2) on this system: every batch is fsynced file by file")
+    calls: list[int] = []
+
+    def counting(fd: int) -> int:
+        calls.append(fd)
+        return real(fd)
+
+    group._syncfs = counting
+    done: list[Path | None] = []
+    group.submit(written(tmp_path, ("one.jpg",), b"1"), lambda p, e: done.append(p))
+    while not done:
+        threading.Event().wait(0.01)
+    assert calls == []  # one file: fsync, not syncfs
+    for i in range(16):
+        group.submit(written(tmp_path, (f"f{i}.jpg",), b"x"), lambda p, e: done.append(p))
+    group.close()
+    assert len(done) == 17
+    assert len(calls) >= 1  # a full batch: one syncfs
+    assert (tmp_path / "f15.jpg").read_bytes() == b"x"
