@@ -575,6 +575,10 @@ class Transport:
         self, f: Any, st: os.stat_result, path: Path, res: Resource, remote: RemoteObject | _Unknown | None
     ) -> UploadResult:
         size = st.st_size
+        if self._client is None:
+            # CreateMultipartUpload needs botocore's client (about 0.4 s to import and build): let
+            # a part thread build it while this one hashes the file (hashlib runs without the GIL).
+            self._parts.submit(lambda: self.client)
         sha = hash_file(path, md5=False)
         if sha.size != size:
             raise _FileChangedError(f"{str(path)!r} changed while hashed", path=str(path))
