@@ -33,7 +33,7 @@ from xml.etree import ElementTree
 
 import botocore.exceptions
 
-from s3sync import wire
+from s3sync import __version__, wire
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -148,7 +148,11 @@ class FastPath:
         self._host = url.netloc
         self._base_path = url.path.rstrip("/")
         self._pool = wire.Pool(
-            endpoint_url, maxsize=max_connections, connect_timeout=connect_timeout, read_timeout=read_timeout
+            endpoint_url,
+            maxsize=max_connections,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            user_agent=f"s3sync/{__version__}",
         )
         self._keys: dict[tuple[str, str], bytes] = {}
         self._lock = threading.Lock()

@@ -217,11 +217,15 @@ class Pool:
         connect_timeout: float,
         read_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
+        user_agent: str = "s3sync",
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         self.host = parts.netloc.rpartition("@")[2]  # the Host header
+        # Sent with every request. Without Accept-Encoding a server may compress (RFC 9110), and
+        # this client does not decompress; http.client sends "identity" too.
+        self._fixed = f"Host: {self.host}\r\nUser-Agent: {user_agent}\r\nAccept-Encoding: identity"
         self._hostname = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._tls = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
@@ -242,7 +246,7 @@ class Pool:
         ``target`` is the path and query, already encoded. ``Host`` and ``Content-Length`` are added.
         """
         length = len(body) if body or method in ("PUT", "POST") else None
-        head = _encode_head(method, target, self.host, headers, length)
+        head = _encode_head(method, target, self._fixed, headers, length)
         while True:
             conn = self._get()
             fresh = conn is None
@@ -356,8 +360,8 @@ class _StaleConnectionError(Exception):
     """
 
 
-def _encode_head(method: str, target: str, host: str, headers: Mapping[str, str], length: int | None) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+def _encode_head(method: str, target: str, fixed: str, headers: Mapping[str, str], length: int | None) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", fixed]
     has_length = False
     for name, value in headers.items():
         if any(c in name or c in value for c in "\r\n\0") or ":" in name:
