@@ -158,6 +158,22 @@ def test_idle_connection_closed_by_the_server_is_replaced(serve):
     pool.close()
 
 
+def test_request_met_by_a_clean_close_on_a_reused_connection_is_sent_again(serve):
+    """The keep-alive race: the server closes (FIN, no answer) as our request arrives; it goes out once more."""
+
+    def close_quietly(sock: socket.socket) -> bool:
+        return False
+
+    server = serve(answer(ok(b"first")), close_quietly, answer(ok(b"again")))
+    pool = pool_for(server)
+    assert pool.request("GET", "/1", {}).data == b"first"
+    assert pool.request("PUT", "/2", {}, b"body").data == b"again"
+    assert server.connections == 2
+    assert [head.split(b" ")[1] for head, _ in server.requests] == [b"/1", b"/2", b"/2"]
+    assert server.requests[2][1] == b"body"
+    pool.close()
+
+
 def test_head_and_204_have_no_body(serve):
     """A HEAD answer's Content-Length describes the object, not a body to read."""
     server = serve(answer(b'HTTP/1.1 200 OK\r\nContent-Length: 123\r\nETag: "e"\r\n\r\n'), answer(ok(b"after")))
