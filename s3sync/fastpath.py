@@ -5,14 +5,16 @@ endpoint, builds and parses through service models. For a 64 KiB object on a fas
 that is most of the CPU a transfer costs, and with the GIL the CPU is the limit (measured: about
 3x the objects per second with this path). This module sends the same HTTP requests directly:
 SigV4 signed (with the credentials botocore resolved, refreshed as botocore refreshes them), on
-the keep-alive connections of :mod:`s3sync.wire`, and maps every failure to the botocore exception botocore would have
-raised, so :func:`s3sync.transport.translate` and all callers behave the same.
+the keep-alive connections of :mod:`s3sync.wire`, and maps every failure to the botocore
+exception botocore would have raised, so :func:`s3sync.transport.translate` and all callers
+behave the same.
 
 It is used only where its requests are fully known: a custom endpoint (``S3_ENDPOINT_URL``) with
 path-style addressing. On AWS itself, botocore keeps the work (region redirects, virtual hosts).
-Everything else (HEAD, multipart, deletes) always goes through botocore, whose client is then
-created on first use: a one-shot ``s3sync sync`` that only lists, GETs and PUTs never pays for
-importing boto3 and loading its service models (about half a second of start-up).
+Everything else (creating, completing, aborting and listing multipart uploads; deletes) goes
+through botocore, whose client is then created on first use: a one-shot ``s3sync sync`` that only
+lists, HEADs, GETs and PUTs never pays for importing botocore's session and loading its service
+models (about half a second of start-up).
 """
 
 from __future__ import annotations

@@ -181,7 +181,6 @@ class Service:
         grows beyond a quarter of the files' count in pages, or beyond 200 pages, is abandoned:
         HEADs are cheaper then, and memory stays bounded.
         """
-
         keys: list[str] = []
         for path in paths:
             try:

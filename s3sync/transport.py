@@ -19,6 +19,7 @@ botocore exceptions are translated into :mod:`s3sync.errors` here and nowhere el
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import math
@@ -578,7 +579,8 @@ class Transport:
         if self._client is None:
             # CreateMultipartUpload needs botocore's client (about 0.4 s to import and build): let
             # a part thread build it while this one hashes the file (hashlib runs without the GIL).
-            self._parts.submit(lambda: self.client)
+            with contextlib.suppress(RuntimeError):  # the pool is shut down: the transport is closing
+                self._parts.submit(lambda: self.client)
         sha = hash_file(path, md5=False)
         if sha.size != size:
             raise _FileChangedError(f"{str(path)!r} changed while hashed", path=str(path))
