@@ -41,6 +41,8 @@ __all__ = ["Service", "SyncSummary", "read_status"]
 log = structlog.get_logger("s3sync")
 
 _STATUS_EVERY = 5.0
+_RESCAN_BACKLOG = 2  # files waiting per worker above which a rescan waits
+_RESCAN_DEFER_LIMIT = 10  # ... but for at most this many rescan intervals
 
 
 @dataclass
@@ -154,9 +156,7 @@ class Service:
             )
             self.uploader = uploader
             uploader.start()
-            candidates = uploader.candidates()
-            listing = self._listing_for(candidates)
-            uploader.queue(candidates, remote_lookup=listing.get if listing is not None else None)
+            self._catch_up(uploader)
             uploader.wait_idle()
             uploader.stop(timeout=self.settings.shutdown_timeout)
             s = uploader.stats
@@ -169,6 +169,16 @@ class Service:
                 )
             summary.mirror = self.mirror.run_pass()
         return summary
+
+    def _catch_up(self, uploader: Uploader) -> int:
+        """Queue every file that needs an upload; return how many.
+
+        The start-up catch-up of both commands and the daemon's rescans: one listing replaces a
+        HEAD per file when there are many (see :meth:`_listing_for`).
+        """
+        candidates = uploader.candidates()
+        listing = self._listing_for(candidates)
+        return uploader.queue(candidates, remote_lookup=listing.get if listing is not None else None)
 
     def _listing_for(self, paths: list[Path]) -> dict[str, RemoteObject] | None:
         """For a large catch-up, a listing replaces a HEAD per file (1 request per 1,000 keys).
@@ -312,7 +322,7 @@ class Service:
         uploader = Uploader(settings, self.transport, self.state, on_result=self._result("upload"))
         self.uploader = uploader
         uploader.start()
-        queued = uploader.scan()
+        queued = self._catch_up(uploader)
         self._last_rescan = time.monotonic()
         self.metrics.rescan_done()
         from s3sync.watcher import Watcher  # here: watchdog is loaded by the daemon only
@@ -387,13 +397,29 @@ class Service:
             except OSError as exc:
                 log.error("watcher.failed", error=f"{type(exc).__name__}: {exc}")
             if uploader is not None:
-                uploader.scan()
-        if uploader is not None and time.monotonic() - self._last_rescan >= self.settings.rescan_interval:
+                self._catch_up(uploader)
+        if uploader is not None and self._rescan_due(uploader):
             self._last_rescan = time.monotonic()
-            n = uploader.scan()
+            n = self._catch_up(uploader)
             self.metrics.rescan_done()
             if n:
                 log.info("upload.rescan", queued=n)
+
+    def _rescan_due(self, uploader: Uploader) -> bool:
+        """Whether the periodic rescan should run now.
+
+        Every ``S3_RESCAN_INTERVAL``, but not while a backlog is still waiting: a file the rescan
+        finds then would only join the end of the queue, and walking a folder of thousands of
+        queued files every few seconds takes CPU from the uploads themselves. A backlog defers
+        the rescan for at most ten intervals, so events lost under a sustained flood are still
+        found.
+        """
+        since = time.monotonic() - self._last_rescan
+        interval = self.settings.rescan_interval
+        if since < interval:
+            return False
+        backlog = uploader.pending() > _RESCAN_BACKLOG * self.settings.max_concurrency
+        return not backlog or since >= _RESCAN_DEFER_LIMIT * interval
 
 
 class _AbsentDefault(dict[str, RemoteObject]):

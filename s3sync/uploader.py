@@ -179,17 +179,11 @@ class Uploader:
     def scan(self, *, remote_lookup: Callable[[str], RemoteObject | None] | None = None) -> int:
         """Queue every file the state does not know as uploaded with its current stat; return the count.
 
-        This is the start-up catch-up and the periodic rescan that repairs missed events.
-        ``remote_lookup`` (key -> listed object) saves a HEAD per new file.
+        ``remote_lookup`` (key -> listed object) saves a HEAD per new file. The service's
+        catch-up and rescans call :meth:`candidates` and :meth:`queue` themselves, to look the
+        files up in one listing in between.
         """
-        count = 0
-        batch: list[Path] = []
-        for path in self._walk(self.root):
-            batch.append(path)
-            if len(batch) >= 500:
-                count += self.queue(self._needing_upload(batch), remote_lookup=remote_lookup)
-                batch = []
-        return count + self.queue(self._needing_upload(batch), remote_lookup=remote_lookup)
+        return self.queue(self.candidates(), remote_lookup=remote_lookup)
 
     def candidates(self) -> list[Path]:
         """The files a scan would queue (for a caller that wants to look them up in the bucket first)."""

@@ -38,6 +38,22 @@ __all__ = ["Sink", "Watcher"]
 Sink = Callable[[Path, str], None]
 log = structlog.get_logger("s3sync.watcher")
 
+# What an event-driven observer (inotify) is asked for: a written file's close and creation,
+# moves, deletions and new folders. Not IN_MODIFY / IN_ATTRIB (one event per write() and per
+# chmod or touch) nor the parent folder's "modified" events: a file still being written is
+# polled for stability once its creation is seen, and a file changed without a close is found
+# by the rescan. That is 2 events for a dropped file instead of 5, so a flood of files costs
+# less CPU and overflows the kernel's queue later. A polling observer gets no filter: its
+# "modified" events are the only sign of a file changed in place.
+_EVENTS_WANTED: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+]
+
 
 def _inotify_observer() -> Any:
     # Full events: a file renamed into the folder from outside arrives as a move ("moved"),
@@ -132,7 +148,9 @@ class Watcher:
         """Start observing (raises OSError when the folder cannot be watched)."""
         with self._lock:
             observer = self._factory()
-            observer.schedule(_Handler(self._sink, self._ignore, self._touch), str(self.root), recursive=True)
+            wanted = None if isinstance(observer, PollingObserver) else _EVENTS_WANTED
+            handler = _Handler(self._sink, self._ignore, self._touch)
+            observer.schedule(handler, str(self.root), recursive=True, event_filter=wanted)
             observer.daemon = True
             observer.start()
             self._observer = observer

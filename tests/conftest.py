@@ -8,6 +8,7 @@ that stops or restarts a server gets it running again for the next test, on the 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from s3sync.logs import configure_logging
 from s3sync.settings import Settings
 from tests.support.faultproxy import FaultProxy
 from tests.support.servers import MotoServer, RcloneServer, S3Server
@@ -67,6 +69,26 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+
+
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is now (pytest swaps it for each test's capture)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+@pytest.fixture(autouse=True)
+def _daemon_logging() -> None:
+    """Every test starts with the daemon's own logging: JSON lines at info, through the redactor.
+
+    Not structlog's unconfigured default (a console renderer, several times slower per event),
+    which no s3sync process ever uses. A test that captures events still sees every one.
+    """
+    configure_logging(fmt="json", level="info", stream=_CurrentStderr())  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session", params=SERVER_KINDS, ids=SERVER_KINDS)

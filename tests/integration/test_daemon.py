@@ -373,6 +373,53 @@ def test_rescan_catches_missed_files(make_settings):
     assert events_named(events, "upload.rescan")
 
 
+def test_daemon_start_up_catch_up_lists_instead_of_a_head_per_file(make_settings):
+    """Files dropped while the daemon was stopped: its start-up catch-up lists once, as `sync` does."""
+    settings = make_settings(**FAST)
+    client = make_client(settings)
+    names = [f"B{i:04d}_OFFLINE_1x1.jpg" for i in range(120)]
+    for name in names:
+        (settings.upload_dir_path / name).write_bytes(name.encode())
+    for name in names[:20]:  # already there with the same bytes
+        client.put_object(Bucket=settings.require_bucket(), Key=key_of(settings, name), Body=name.encode())
+    transport, counter = counted_transport(settings)
+    with running(settings, transport) as service:
+        uploader = service.uploader
+        assert uploader is not None
+        wait_for(lambda: uploader.stats.uploaded + uploader.stats.skipped == len(names), timeout=60)
+        stats = uploader.stats
+    assert (stats.uploaded, stats.skipped, stats.failed) == (100, 20, 0)
+    assert counter.count("HeadObject") == 0  # the listing answered for every file
+    assert counter.count("PutObject") == 100
+    assert 1 <= counter.count("ListObjectsV2") <= 5
+    assert set(list_keys(settings, "BACKGROUND/")) == {key_of(settings, n) for n in names}
+
+
+def test_rescan_waits_while_a_backlog_drains_but_not_forever(make_settings):
+    """The periodic rescan is skipped while many files wait (it would only add to the queue's end)."""
+
+    class Queue:
+        def __init__(self, pending: int) -> None:
+            self._pending = pending
+
+        def pending(self) -> int:
+            return self._pending
+
+    settings = make_settings(**{**FAST, "rescan_interval": 10.0, "max_concurrency": 4})
+    service = Service(settings, environ={})
+    try:
+        now = time.monotonic()
+        service._last_rescan = now - 5
+        assert not service._rescan_due(Queue(0))  # not yet time
+        service._last_rescan = now - 11
+        assert service._rescan_due(Queue(8))  # a short queue: the rescan runs
+        assert not service._rescan_due(Queue(9))  # a backlog: it waits
+        service._last_rescan = now - 101
+        assert service._rescan_due(Queue(10_000))  # ... for ten intervals at most
+    finally:
+        service.close()
+
+
 @pytest.mark.parametrize("template", ["{category}/{folder}/{name}", "{name}"])
 def test_large_catch_up_lists_instead_of_a_head_per_file(make_settings, template):
     """`sync` over 300 new files (some already in the bucket) lists once: no HEAD per file, no re-upload."""
