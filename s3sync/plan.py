@@ -11,6 +11,7 @@ import enum
 import fnmatch
 import math
 import random
+import re
 from dataclasses import dataclass
 
 from s3sync.errors import UnsafeKeyError
@@ -33,9 +34,12 @@ __all__ = [
 IGNORED_PATTERNS = (".*", "*.part", "*.tmp", "*.crdownload", "*~", "*.swp", f"{TEMP_PREFIX}*")
 
 
+_IGNORED = re.compile("|".join(fnmatch.translate(pat) for pat in IGNORED_PATTERNS))
+
+
 def is_ignored_name(name: str) -> bool:
     """True for hidden and temporary file names (never uploaded, never rejected)."""
-    return any(fnmatch.fnmatchcase(name, pat) for pat in IGNORED_PATTERNS)
+    return _IGNORED.match(name) is not None
 
 
 @dataclass(frozen=True, slots=True)

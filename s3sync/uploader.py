@@ -44,6 +44,7 @@ __all__ = ["Uploader", "UploaderStats"]
 
 log = structlog.get_logger("s3sync")
 
+_HIDDEN_PART = os.sep + "."  # a path part that starts with a dot
 _POLL = 0.25  # how often a settling file is re-checked (seconds)
 _ONE_SHOT_ATTEMPTS = 4
 
@@ -109,27 +110,45 @@ class Uploader:
         # The daemon's own folders, when they sit inside the upload folder, are never uploaded.
         own = (settings.done_dir, settings.rejected_dir, settings.state_path.parent)
         self._excluded = [p for p in own if p is not None and self.root in p.parents]
+        self._prefix = str(self.root).rstrip(os.sep) + os.sep
 
     # --- inputs ------------------------------------------------------------------------------
     def ignored(self, path: Path) -> bool:
         """True for paths the daemon never uploads: hidden, temporary, or its own folders."""
-        try:
-            rel = path.relative_to(self.root)
+        return self._accepted(path) is None
+
+    def _rel(self, path: Path) -> str | None:
+        """``path`` relative to the upload folder (a str, ``""`` for the folder); None when outside it."""
+        text = os.fspath(path)
+        if text.startswith(self._prefix):
+            return text[len(self._prefix) :]
+        try:  # not spelled from the folder's own name (".." or a doubled slash): the slow, exact way
+            rel = str(path.relative_to(self.root))
         except ValueError:
-            return True
-        if any(part.startswith(".") for part in rel.parts) or is_ignored_name(path.name):
-            return True
-        return any(path == ex or ex in path.parents for ex in self._excluded)
+            return None
+        return "" if rel == "." else rel
+
+    def _accepted(self, path: Path) -> str | None:
+        """The relative path of a file the daemon may upload; None when it is ignored."""
+        rel = self._rel(path)
+        if rel is None or rel.startswith(".") or _HIDDEN_PART in rel or is_ignored_name(rel.rpartition(os.sep)[2]):
+            return None
+        if self._excluded and any(path == ex or ex in path.parents for ex in self._excluded):
+            return None
+        return rel
 
     def notify(self, path: Path, hint: str, *, remote: RemoteObject | object | None = UNKNOWN) -> None:
         """A hint about ``path`` (from the watcher or a scan)."""
-        if self.ignored(path):
+        rel = self._accepted(path)
+        if rel is None:
             return
         if hint == "dir":
             for child in self._walk(path):
                 self.notify(child, "scan")
             return
-        rel = str(path.relative_to(self.root))
+        self._note(path, rel, hint, remote)
+
+    def _note(self, path: Path, rel: str, hint: str, remote: RemoteObject | object | None) -> None:
         with self._cond:
             if hint == "deleted":
                 item = self._items.pop(rel, None)
@@ -166,13 +185,16 @@ class Uploader:
             try:
                 with os.scandir(folder) as it:
                     for entry in it:
-                        p = Path(entry.path)
-                        if self.ignored(p):
+                        # The folder was accepted: only this entry's own name can make it ignored.
+                        name = entry.name
+                        if name.startswith(".") or is_ignored_name(name):
                             continue
                         if entry.is_dir(follow_symlinks=False):
-                            stack.append(p)
+                            p = Path(entry.path)
+                            if not self.ignored(p):
+                                stack.append(p)
                         elif entry.is_file(follow_symlinks=False):
-                            yield p
+                            yield Path(entry.path)
             except OSError:
                 continue
 
@@ -203,14 +225,16 @@ class Uploader:
             if remote_lookup is not None:
                 with contextlib.suppress(InvalidNameError):
                     remote = remote_lookup(self.transport.resource(path.name).key)
-            self.notify(path, "scan", remote=remote)
+            rel = self._accepted(path)
+            if rel is not None:
+                self._note(path, rel, "scan", remote)
         return len(paths)
 
     def _needing_upload(self, paths: list[Path]) -> list[Path]:
         found: list[Path] = []
-        records = self.state.get_uploads([str(p.relative_to(self.root)) for p in paths])
-        for path in paths:
-            rel = str(path.relative_to(self.root))
+        rels = [self._rel(p) or "" for p in paths]
+        records = self.state.get_uploads(rels)
+        for path, rel in zip(paths, rels, strict=True):
             with self._cond:
                 if rel in self._items or rel in self._inflight:
                     continue

@@ -6,12 +6,14 @@ import hashlib
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from s3sync.resource import Resource
 from s3sync.service import Service
 from s3sync.transport import make_client
+from s3sync.uploader import Uploader
 from tests.integration.daemon_helpers import (
     captured_events,
     counted_transport,
@@ -321,6 +323,35 @@ def test_hidden_and_temp_files_ignored(make_settings):
         wait_for(lambda: object_bytes(settings, key_of(settings, good.name)) == b"good")
     assert events_named(events, "upload.rejected") == []
     assert list_keys(settings) == [key_of(settings, good.name)]
+
+
+def test_which_paths_are_ignored(make_settings):
+    """Hidden parts, temp names, the daemon's own folders and anything outside: ignored; the rest not."""
+    probe = make_settings(**FAST)
+    root = probe.upload_dir_path
+    settings = make_settings(**FAST, after_upload="move", done_dir=root / "done", rejected_dir=root / "rejected")
+    service = Service(settings, environ={})
+    uploader = Uploader(settings, service.transport, service.state)
+    try:
+        for rel in ["B0001_A_1x1.jpg", "sub/B0001_A_1x1.jpg", "a.b/c.d/B0001_A_1x1.jpg", "donee/B0001_A_1x1.jpg"]:
+            assert not uploader.ignored(root / rel), rel
+        for rel in [
+            ".B0001_A_1x1.jpg",
+            ".hidden/B0001_A_1x1.jpg",
+            "sub/.x/B0001_A_1x1.jpg",
+            "B0001_A_1x1.jpg.part",
+            "sub/B0001_A_1x1.tmp",
+            "done",
+            "done/B0001_A_1x1.jpg",
+            "rejected/sub/B0001_A_1x1.jpg",
+            "../B0001_A_1x1.jpg",
+        ]:
+            assert uploader.ignored(root / rel), rel
+        assert uploader.ignored(root.parent / "B0001_A_1x1.jpg")
+        assert uploader.ignored(Path("/elsewhere/B0001_A_1x1.jpg"))
+    finally:
+        uploader.stop(timeout=1)
+        service.close()
 
 
 def test_file_changed_during_upload_is_redone(make_settings):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import random
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from s3sync.errors import UnsafeKeyError
 from s3sync.paths import TEMP_PREFIX, key_to_relpath
 from s3sync.plan import (
+    IGNORED_PATTERNS,
     LocalStat,
     MirrorAction,
     UploadAction,
@@ -127,3 +129,14 @@ def test_backoff_bounds(attempt, base, cap, seed):
 def test_ignored_names(name, ignored):
     """Hidden and temporary names are ignored by the watcher."""
     assert is_ignored_name(name) is ignored
+
+
+@given(
+    st.text(alphabet=st.sampled_from("ab._~-\n" + TEMP_PREFIX), max_size=12)
+    | st.builds(lambda a, b: a + b, st.text(max_size=6), st.sampled_from([".part", ".tmp", ".swp", "~", ".crdownload"]))
+    | st.text()
+)
+def test_ignored_names_match_the_glob_patterns(name):
+    """The compiled check says exactly what the documented glob patterns say, for any name."""
+    expected = any(fnmatch.fnmatchcase(name, pat) for pat in IGNORED_PATTERNS)
+    assert is_ignored_name(name) is expected
