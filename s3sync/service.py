@@ -43,6 +43,7 @@ log = structlog.get_logger("s3sync")
 _STATUS_EVERY = 5.0
 _RESCAN_BACKLOG = 2  # files waiting per worker above which a rescan waits
 _RESCAN_DEFER_LIMIT = 10  # ... but for at most this many rescan intervals
+_LIST_AT_LEAST = 32  # files to look up before a listing replaces a HEAD each
 
 
 @dataclass
@@ -96,6 +97,7 @@ class Service:
         self._supervisor_heartbeat = time.monotonic()
         self._running = False
         self.metrics_server: MetricsServer | None = None
+        self._lookup: threading.Thread | None = None  # a daemon catch-up's listing, under way
 
     # --- shared set-up -------------------------------------------------------------------
     def prepare(self) -> None:
@@ -170,15 +172,36 @@ class Service:
             summary.mirror = self.mirror.run_pass()
         return summary
 
-    def _catch_up(self, uploader: Uploader) -> int:
+    def _catch_up(self, uploader: Uploader, *, in_background: bool = False) -> int:
         """Queue every file that needs an upload; return how many.
 
         The start-up catch-up of both commands and the daemon's rescans: one listing replaces a
-        HEAD per file when there are many (see :meth:`_listing_for`).
+        HEAD per file when there are many (see :meth:`_listing_for`). ``in_background`` (the
+        daemon) lists on a thread of its own and queues the files when the listing is done: a
+        listing waits on the network (a hung endpoint for minutes), and the supervisor loop,
+        whose ticks gate the systemd watchdog, must not.
         """
         candidates = uploader.candidates()
-        listing = self._listing_for(candidates)
+        if in_background and len(candidates) >= _LIST_AT_LEAST and not self._lookup_running():
+            self._lookup = threading.Thread(
+                target=self._queue_listed, args=(uploader, candidates), name="s3sync-catch-up", daemon=True
+            )
+            self._lookup.start()
+            return len(candidates)
+        if in_background:  # few files, or a listing already under way: a HEAD each, in the workers
+            return uploader.queue(candidates)
+        return self._queue_listed(uploader, candidates)
+
+    def _queue_listed(self, uploader: Uploader, candidates: list[Path]) -> int:
+        listing = None
+        try:
+            listing = self._listing_for(candidates)
+        except Exception:  # never lose the files: without a listing each gets a HEAD
+            log.exception("upload.catch_up_listing_failed")
         return uploader.queue(candidates, remote_lookup=listing.get if listing is not None else None)
+
+    def _lookup_running(self) -> bool:
+        return self._lookup is not None and self._lookup.is_alive()
 
     def _listing_for(self, paths: list[Path]) -> dict[str, RemoteObject] | None:
         """For a large catch-up, a listing replaces a HEAD per file (1 request per 1,000 keys).
@@ -197,7 +220,7 @@ class Service:
                 keys.append(self.transport.resource(path.name).key)
             except S3SyncError:
                 continue
-        if len(keys) < 32:
+        if len(keys) < _LIST_AT_LEAST:
             return None
         groups = sorted({key.split("/", 1)[0] + "/" if "/" in key else key for key in keys})
         # A character prefix is what S3 wants here, not a path prefix.
@@ -322,7 +345,7 @@ class Service:
         uploader = Uploader(settings, self.transport, self.state, on_result=self._result("upload"))
         self.uploader = uploader
         uploader.start()
-        queued = self._catch_up(uploader)
+        queued = self._catch_up(uploader, in_background=True)
         self._last_rescan = time.monotonic()
         self.metrics.rescan_done()
         from s3sync.watcher import Watcher  # here: watchdog is loaded by the daemon only
@@ -397,10 +420,10 @@ class Service:
             except OSError as exc:
                 log.error("watcher.failed", error=f"{type(exc).__name__}: {exc}")
             if uploader is not None:
-                self._catch_up(uploader)
+                self._catch_up(uploader, in_background=True)
         if uploader is not None and self._rescan_due(uploader):
             self._last_rescan = time.monotonic()
-            n = self._catch_up(uploader)
+            n = self._catch_up(uploader, in_background=True)
             self.metrics.rescan_done()
             if n:
                 log.info("upload.rescan", queued=n)
@@ -412,11 +435,11 @@ class Service:
         finds then would only join the end of the queue, and walking a folder of thousands of
         queued files every few seconds takes CPU from the uploads themselves. A backlog defers
         the rescan for at most ten intervals, so events lost under a sustained flood are still
-        found.
+        found. Nor while the previous catch-up's listing is still under way.
         """
         since = time.monotonic() - self._last_rescan
         interval = self.settings.rescan_interval
-        if since < interval:
+        if since < interval or self._lookup_running():
             return False
         backlog = uploader.pending() > _RESCAN_BACKLOG * self.settings.max_concurrency
         return not backlog or since >= _RESCAN_DEFER_LIMIT * interval

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -136,6 +137,35 @@ def test_download_fault_keeps_previous_copy(make_settings, s3_server, proxy, kin
     for key, body in data.items():
         assert (settings.local_path / key).read_bytes() == body
     assert [p for p in settings.local_path.rglob("*") if p.name.startswith(TEMP_PREFIX)] == []
+
+
+@pytest.mark.parametrize("s3_server", ["rclone"], indirect=True)  # the proxy's behaviour is what matters
+def test_hung_listing_at_start_holds_up_nothing(make_settings, s3_server, proxy):
+    """The start-up catch-up's listing hangs: the daemon is ready at once, its loops tick, every file arrives.
+
+    The listing runs on a thread of its own; the supervisor loop (whose ticks gate the systemd
+    watchdog) never waits on the network. Here the listing times out and each file gets a HEAD.
+    """
+    settings = fast(make_settings, proxy.endpoint).model_copy(update={"read_timeout": 6.0})
+    client = make_client(settings.model_copy(update={"endpoint_url": s3_server.endpoint}))
+    names = [f"B{i:04d}_HUNG_1x1.jpg" for i in range(40)]
+    for name in names:
+        (settings.upload_dir_path / name).write_bytes(name.encode())
+    proxy.set_faults([Fault("delay", match=lambda m, p, h: "list-type" in p, seconds=8.0, times=1)])
+    started = time.monotonic()
+    with captured_events() as events, running(settings) as service:
+        wait_for(lambda: events_named(events, "daemon.ready"), timeout=10)
+        assert time.monotonic() - started < 4.0  # not after the listing's 6 s read timeout
+        time.sleep(1.5)  # the listing still hangs
+        assert service.loops_alive()
+        keys = {Resource(n, settings=settings).key for n in names}
+
+        def all_there() -> bool:
+            listed = client.list_objects_v2(Bucket=settings.require_bucket()).get("Contents", [])
+            return {o["Key"] for o in listed} == keys
+
+        wait_for(all_there, timeout=60, interval=0.5)
+    assert proxy._faults[0].hits == 1  # the listing did hang
 
 
 @pytest.mark.parametrize("s3_server", ["rclone"], indirect=True)  # 1,100 objects: moto takes 20 s to fill
