@@ -198,17 +198,12 @@ class Uploader:
             except OSError:
                 continue
 
-    def scan(self, *, remote_lookup: Callable[[str], RemoteObject | None] | None = None) -> int:
-        """Queue every file the state does not know as uploaded with its current stat; return the count.
-
-        ``remote_lookup`` (key -> listed object) saves a HEAD per new file. The service's
-        catch-up and rescans call :meth:`candidates` and :meth:`queue` themselves, to look the
-        files up in one listing in between.
-        """
-        return self.queue(self.candidates(), remote_lookup=remote_lookup)
-
     def candidates(self) -> list[Path]:
-        """The files a scan would queue (for a caller that wants to look them up in the bucket first)."""
+        """The files a catch-up or rescan queues: not queued or in flight, and not known to the state
+        as uploaded with their current stat.
+
+        The caller may look them up in the bucket (one listing) before it passes them to :meth:`queue`.
+        """
         found: list[Path] = []
         batch: list[Path] = []
         for path in self._walk(self.root):
