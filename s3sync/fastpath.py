@@ -24,6 +24,7 @@ import email.utils
 import hashlib
 import hmac
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -139,6 +140,7 @@ class FastPath:
         connect_timeout: float,
         read_timeout: float,
         max_attempts: int = 1,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._max_attempts = max(1, max_attempts)
         self._bucket = bucket
@@ -154,6 +156,7 @@ class FastPath:
             maxsize=max_connections,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            ssl_context=ssl_context,
             user_agent=f"s3sync/{__version__}",
         )
         self._keys: dict[tuple[str, str], bytes] = {}
@@ -269,6 +272,8 @@ class FastPath:
             resp = self._pool.request(method, target, headers, body, preload=not stream)
         except wire.ConnectTimeoutError as exc:
             raise botocore.exceptions.ConnectTimeoutError(endpoint_url=url, error=exc) from exc
+        except wire.TLSError as exc:
+            raise botocore.exceptions.SSLError(endpoint_url=url, error=exc) from exc
         except wire.ConnectError as exc:
             raise botocore.exceptions.EndpointConnectionError(endpoint_url=url, error=exc) from exc
         except wire.ReadTimeoutError as exc:

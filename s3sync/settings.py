@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from s3sync.errors import ConfigurationError
@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     # --- the library -------------------------------------------------------------------------
     endpoint_url: str | None = Field(None, description="Any S3-compatible server; AWS when unset.")
     region: str | None = Field(None, description="Region; boto3's default when unset.")
+    ca_bundle: Path | None = Field(
+        None,
+        # botocore's own name is honoured too, so that both request paths trust the same CAs.
+        validation_alias=AliasChoices("ca_bundle", "S3_CA_BUNDLE", "AWS_CA_BUNDLE"),
+        description="PEM file of the CAs trusted for an https endpoint (AWS_CA_BUNDLE when unset).",
+    )
     key_template: str = "{category}/{folder}/{name}"
     allowed_extensions: Annotated[frozenset[str], NoDecode] = DEFAULT_EXTENSIONS
     multipart_threshold: int = Field(8 * _MIB, ge=5 * _MIB, le=5 * 1024 * _MIB)
@@ -235,7 +241,9 @@ class Settings(BaseSettings):
             raise ValueError("must be a relative key: no leading '/', no '\\', no '.' or '..' segments")
         return v
 
-    @field_validator("local_path", "upload_dir_path", "state_path", "rejected_dir", "done_dir", mode="before")
+    @field_validator(
+        "local_path", "upload_dir_path", "state_path", "rejected_dir", "done_dir", "ca_bundle", mode="before"
+    )
     @classmethod
     def _expand(cls, v: object) -> object:
         if isinstance(v, str) and v.strip() == "":
@@ -247,7 +255,7 @@ class Settings(BaseSettings):
             return Path(text).expanduser()
         return v
 
-    @field_validator("local_path", "upload_dir_path", "state_path", "rejected_dir", "done_dir")
+    @field_validator("local_path", "upload_dir_path", "state_path", "rejected_dir", "done_dir", "ca_bundle")
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
         if v is None:
@@ -257,6 +265,15 @@ class Settings(BaseSettings):
         if len(os.fsencode(v)) > 4000:
             raise ValueError("is too long")
         return Path(os.path.normpath(v))
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _readable_file(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return None
+        if not v.is_file() or not os.access(v, os.R_OK):
+            raise ValueError("must be a readable PEM file of CA certificates (S3_CA_BUNDLE, else AWS_CA_BUNDLE)")
+        return v
 
     @field_validator("metrics_addr")
     @classmethod

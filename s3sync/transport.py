@@ -26,6 +26,7 @@ import math
 import mimetypes
 import os
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -177,6 +178,19 @@ def static_keys(settings: Settings) -> StaticKeys | None:
     return StaticKeys(key, secret) if key and secret else None
 
 
+def _tls_context(settings: Settings) -> ssl.SSLContext:
+    """The CAs the fast path trusts: the ones botocore trusts for the same settings.
+
+    ``S3_CA_BUNDLE`` (or botocore's ``AWS_CA_BUNDLE``) when set, else botocore's default bundle
+    (certifi's, or the one botocore ships): one request path never trusts what the other refuses.
+    """
+    if settings.ca_bundle is not None:
+        return ssl.create_default_context(cafile=str(settings.ca_bundle))
+    from botocore.httpsession import get_cert_path  # only for an https endpoint: imports urllib3
+
+    return ssl.create_default_context(cafile=get_cert_path(True))
+
+
 def _region(settings: Settings) -> str | None:
     return settings.region or ("us-east-1" if settings.endpoint_url else None)
 
@@ -203,6 +217,7 @@ def make_client(settings: Settings) -> S3Client:
             aws_access_key_id=keys.access_key if keys else None,
             aws_secret_access_key=keys.secret_key if keys else None,
             config=_client_config(settings),
+            verify=str(settings.ca_bundle) if settings.ca_bundle else None,
         )
     except botocore.exceptions.BotoCoreError as exc:
         raise ConfigurationError(f"S3 client: {type(exc).__name__}: {exc}") from None
@@ -255,6 +270,15 @@ def translate(
             "or configure boto3's credential chain)",
             setting="S3_AWS_ACCESS_KEY_ID",
         )
+    if isinstance(exc, botocore.exceptions.SSLError):
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            return EndpointError(
+                f"{action} {where}: the endpoint's TLS certificate is not trusted "
+                "(for a private CA, set S3_CA_BUNDLE to its PEM file)",
+                bucket=bucket,
+                key=key,
+            )
+        return EndpointError(f"{action} {where}: TLS handshake failed", bucket=bucket, key=key)
     if isinstance(
         exc,
         botocore.exceptions.EndpointConnectionError
@@ -355,6 +379,8 @@ class Transport:
             "read_timeout": self.settings.read_timeout,
             "max_attempts": self.settings.max_attempts,
         }
+        if self.settings.endpoint_url.startswith("https:"):
+            options["ssl_context"] = _tls_context(self.settings)
         if self._client is None and keys is not None:
             region = _region(self.settings) or "us-east-1"
             return FastPath(endpoint_url=self.settings.endpoint_url, region=region, credentials=keys, **options)

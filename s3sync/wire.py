@@ -32,7 +32,16 @@ import weakref
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-__all__ = ["ConnectError", "ConnectTimeoutError", "Pool", "ProtocolError", "ReadTimeoutError", "Response", "WireError"]
+__all__ = [
+    "ConnectError",
+    "ConnectTimeoutError",
+    "Pool",
+    "ProtocolError",
+    "ReadTimeoutError",
+    "Response",
+    "TLSError",
+    "WireError",
+]
 
 _MAX_HEAD = 64 * 1024  # bytes of status line and headers we accept in one answer
 _ONE_WRITE = 256 * 1024  # bodies up to this size go out in the same write as the head
@@ -45,6 +54,10 @@ class WireError(Exception):
 
 class ConnectError(WireError):
     """No connection to the server (refused, unknown host, TLS handshake failed)."""
+
+
+class TLSError(ConnectError):
+    """The TLS handshake failed (an untrusted certificate says ``CERTIFICATE_VERIFY_FAILED``)."""
 
 
 class ConnectTimeoutError(ConnectError):
@@ -308,6 +321,9 @@ class Pool:
         except TimeoutError as exc:
             sock.close()
             raise ConnectTimeoutError(f"TLS handshake with {self.host} timed out") from exc
+        except ssl.SSLError as exc:
+            sock.close()
+            raise TLSError(f"TLS handshake with {self.host} failed: {exc}") from exc
         except OSError as exc:
             sock.close()
             raise ConnectError(f"TLS handshake with {self.host} failed: {exc}") from exc

@@ -94,6 +94,9 @@ def test_credentials_directory(tmp_path, monkeypatch):
         ({"S3_AFTER_UPLOAD": "move"}, "S3_AFTER_UPLOAD"),
         ({"S3_WATCH_MODE": "magic"}, "S3_WATCH_MODE"),
         ({"S3_METRICS_ADDR": "nowhere"}, "S3_METRICS_ADDR"),
+        ({"S3_CA_BUNDLE": "/nonexistent/ca.pem"}, "S3_CA_BUNDLE"),
+        ({"S3_CA_BUNDLE": "relative/ca.pem"}, "S3_CA_BUNDLE"),
+        ({"AWS_CA_BUNDLE": "/nonexistent/ca.pem"}, "AWS_CA_BUNDLE"),
     ],
 )
 def test_invalid_setting_is_one_line_naming_it(monkeypatch, tmp_path, env, setting):
@@ -109,6 +112,21 @@ def test_invalid_setting_is_one_line_naming_it(monkeypatch, tmp_path, env, setti
     assert "\n" not in message
     assert info.value.exit_code == 2
     assert SECRET not in message
+
+
+def test_ca_bundle_from_s3_name_else_botocore_name(monkeypatch, tmp_path):
+    """S3_CA_BUNDLE names the CAs for an https endpoint; botocore's AWS_CA_BUNDLE counts when it is unset."""
+    monkeypatch.chdir(tmp_path)
+    ours, botos = tmp_path / "ours.pem", tmp_path / "boto.pem"
+    ours.write_text("x")
+    botos.write_text("x")
+    assert load_settings().ca_bundle is None
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(botos))
+    assert load_settings().ca_bundle == botos
+    monkeypatch.setenv("S3_CA_BUNDLE", str(ours))
+    assert load_settings().ca_bundle == ours
+    assert load_settings(ca_bundle=botos).ca_bundle == botos  # by field name, as Django passes it
+    assert load_settings().masked()["S3_CA_BUNDLE"] == str(ours)
 
 
 @pytest.mark.parametrize("nested", ["same", "upload-in-mirror", "mirror-in-upload"])
@@ -166,6 +184,7 @@ names = st.sampled_from(
         "S3_MIRROR_DELETE",
         "S3_METRICS_ADDR",
         "S3_STATE_PATH",
+        "S3_CA_BUNDLE",
     ]
 )
 values = st.one_of(
