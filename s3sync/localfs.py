@@ -283,6 +283,10 @@ class AtomicWriter:
         self._done = False
         self.bytes_written = 0
         self._written_back = 0
+        # Parts of a download write in parallel, but the kernel lets one write into a file at a
+        # time (the inode's lock), and its waiters spin for it: on two cores that spinning took
+        # CPU from the threads still receiving. Waiting here sleeps instead.
+        self._write_lock = threading.Lock()
 
     @functools.cached_property
     def path(self) -> Path:
@@ -310,10 +314,11 @@ class AtomicWriter:
         view = memoryview(data)
         pos = offset
         try:
-            while view:
-                n = os.pwrite(self._fd, view, pos)
-                view = view[n:]
-                pos += n
+            with self._write_lock:
+                while view:
+                    n = os.pwrite(self._fd, view, pos)
+                    view = view[n:]
+                    pos += n
         except OSError as exc:
             raise LocalFileError(f"cannot write {str(self.path)!r}: {exc.strerror}", path=str(self.path)) from exc
         _start_writeback(self._fd, offset, pos - offset)
