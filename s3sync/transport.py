@@ -184,11 +184,16 @@ def _tls_context(settings: Settings) -> ssl.SSLContext:
     ``S3_CA_BUNDLE`` (or botocore's ``AWS_CA_BUNDLE``) when set, else botocore's default bundle
     (certifi's, or the one botocore ships): one request path never trusts what the other refuses.
     """
-    if settings.ca_bundle is not None:
-        return ssl.create_default_context(cafile=str(settings.ca_bundle))
     from botocore.httpsession import get_cert_path  # only for an https endpoint: imports urllib3
 
-    return ssl.create_default_context(cafile=get_cert_path(True))
+    cafile = str(settings.ca_bundle) if settings.ca_bundle is not None else get_cert_path(True)
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigurationError(
+            f"S3_CA_BUNDLE: cannot load CA certificates from {cafile!r} ({reason})", setting="S3_CA_BUNDLE"
+        ) from None
 
 
 def _region(settings: Settings) -> str | None:
@@ -271,10 +276,13 @@ def translate(
             setting="S3_AWS_ACCESS_KEY_ID",
         )
     if isinstance(exc, botocore.exceptions.SSLError):
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        text = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            # OpenSSL's reason: "unable to get local issuer certificate", "Hostname mismatch...".
+            reason = text.partition("certificate verify failed: ")[2].partition(" (_ssl.c")[0].strip()
             return EndpointError(
-                f"{action} {where}: the endpoint's TLS certificate is not trusted "
-                "(for a private CA, set S3_CA_BUNDLE to its PEM file)",
+                f"{action} {where}: the endpoint's TLS certificate is not trusted ({reason or 'verify failed'}); "
+                "for a private CA, set S3_CA_BUNDLE to its PEM file",
                 bucket=bucket,
                 key=key,
             )

@@ -19,7 +19,8 @@ import pytest
 import trustme
 
 from s3sync import Browser, Resource, Transport
-from s3sync.errors import EndpointError
+from s3sync.errors import ConfigurationError, EndpointError
+from s3sync.settings import Settings
 from tests.integration.daemon_helpers import object_bytes, wait_for
 from tests.support.tlsproxy import TLSProxy
 
@@ -83,12 +84,32 @@ def test_untrusted_certificate_is_one_clear_error(make_settings, tls_proxy, s3_s
     with Transport(settings) as t, pytest.raises(EndpointError) as info:
         t.upload(SMALL)
     message = str(info.value)
-    assert "TLS certificate is not trusted" in message
+    assert "TLS certificate is not trusted (unable to get local issuer certificate)" in message
     assert "S3_CA_BUNDLE" in message
     assert "\n" not in message
     wait_for(lambda: tls_proxy.refused >= 1, timeout=10)  # the proxy's side of the handshake, on its thread
     assert (settings.upload_dir_path / SMALL).read_bytes() == data
     assert s3_server.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+def test_bundle_that_is_not_pem_is_a_configuration_error(tmp_path):
+    """A CA bundle that OpenSSL cannot load stops the transport at once, naming the setting."""
+    junk = tmp_path / "not-a-ca.pem"
+    junk.write_text("not a certificate\n")
+    settings = Settings(
+        _env_file=None,
+        bucket_name="tls",
+        endpoint_url="https://127.0.0.1:9",
+        aws_access_key_id="AKIDEXAMPLE",
+        aws_secret_access_key="wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+        ca_bundle=junk,
+        local_path=tmp_path / "mirror",
+        upload_dir_path=tmp_path / "upload",
+        state_path=tmp_path / "state.db",
+    )
+    with pytest.raises(ConfigurationError, match=r"^S3_CA_BUNDLE: cannot load CA certificates") as info:
+        Transport(settings)
+    assert info.value.exit_code == 2
 
 
 def test_sync_command_honours_aws_ca_bundle(make_settings, tls_proxy, ca_pem, s3_server, bucket, tmp_path):
