@@ -381,18 +381,22 @@ def sync(
                 finish()
                 service.close()
         verb = "would upload" if dry_run else "uploaded"
-        line = [
-            f"{verb} {summary.uploaded} ({summary.uploaded_bytes} bytes)",
-            f"unchanged {summary.upload_skipped}",
-            f"rejected {summary.rejected}",
-            f"failed {summary.upload_failed}",
-        ]
+        line = []
+        if not mirror_only:
+            line += [
+                f"{verb} {summary.uploaded} ({summary.uploaded_bytes} bytes)",
+                f"unchanged {summary.upload_skipped}",
+                f"rejected {summary.rejected}",
+                f"failed {summary.upload_failed}",
+            ]
         if summary.mirror is not None:
             m = summary.mirror
             line.append(
                 f"mirror: listed {m.listed}, {'would download' if dry_run else 'downloaded'} {m.downloaded}, "
                 f"deleted {m.deleted}, failed {m.failed}, unsafe keys {m.unsafe}, key conflicts {m.conflicts}"
             )
+            if m.listing_error is not None:  # exit 1 with every count at 0 needs its reason on the line
+                line.append(f"mirror incomplete: {m.listing_error}")
         err.print("; ".join(line), markup=False, highlight=False)
         if summary.failed:
             raise typer.Exit(1)

@@ -47,6 +47,8 @@ class MirrorReport:
     duration_ms: int = 0
     complete: bool = False
     errors: list[str] = field(default_factory=list)
+    #: Why the listing stopped before its end (the pass is then incomplete), or None.
+    listing_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -112,6 +114,7 @@ class Mirror:
                     report.complete = True
             except S3SyncError as exc:
                 report.errors.append(str(exc))
+                report.listing_error = str(exc)
                 log.error("mirror.failed", error=str(exc), listed=report.listed)
             self._drain(inflight, keep=0)
         if report.complete and not stop.is_set() and self.settings.mirror_delete:

@@ -78,6 +78,17 @@ def test_missing_bucket_is_configuration_error(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_sync_against_a_missing_bucket_says_why_on_its_summary_line(make_settings, tmp_path):
+    """Exit 1 with every count at 0 is not a summary: the line names the listing that failed."""
+    settings = make_settings(bucket_name="no-such-bucket-here")
+    r = s3sync("sync", "--mirror-only", env=env_for(settings, S3_LOG_FORMAT="json"), cwd=tmp_path)
+    assert r.returncode == 1
+    summary = r.stderr.strip().splitlines()[-1]
+    assert summary.startswith("mirror: listed 0,")  # no upload counts: there was no upload pass
+    assert "mirror incomplete: LIST s3://no-such-bucket-here: bucket 'no-such-bucket-here' does not exist" in summary
+    assert "Traceback" not in r.stderr
+
+
 def test_config_masks_secrets(make_settings, tmp_path):
     """`config` shows the effective settings with the credentials masked."""
     settings = make_settings()
