@@ -57,7 +57,7 @@ class ConnectError(WireError):
 
 
 class TLSError(ConnectError):
-    """The TLS handshake failed (an untrusted certificate says ``CERTIFICATE_VERIFY_FAILED``)."""
+    """The server's TLS certificate did not verify (``CERTIFICATE_VERIFY_FAILED``: untrusted, expired, wrong name)."""
 
 
 class ConnectTimeoutError(ConnectError):
@@ -321,7 +321,8 @@ class Pool:
         except TimeoutError as exc:
             sock.close()
             raise ConnectTimeoutError(f"TLS handshake with {self.host} timed out") from exc
-        except ssl.SSLError as exc:
+        except ssl.SSLCertVerificationError as exc:
+            # Not retried: no later attempt will trust it. Other TLS failures stay ConnectError.
             sock.close()
             raise TLSError(f"TLS handshake with {self.host} failed: {exc}") from exc
         except OSError as exc:
