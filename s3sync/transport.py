@@ -184,9 +184,13 @@ def _tls_context(settings: Settings) -> ssl.SSLContext:
     ``S3_CA_BUNDLE`` (or botocore's ``AWS_CA_BUNDLE``) when set, else botocore's default bundle
     (certifi's, or the one botocore ships): one request path never trusts what the other refuses.
     """
-    from botocore.httpsession import get_cert_path  # only for an https endpoint: imports urllib3
+    cafile: str | None
+    if settings.ca_bundle is not None:
+        cafile = str(settings.ca_bundle)
+    else:
+        from botocore.httpsession import get_cert_path  # only without a bundle: it imports urllib3
 
-    cafile = str(settings.ca_bundle) if settings.ca_bundle is not None else get_cert_path(True)
+        cafile = get_cert_path(True)
     try:
         return ssl.create_default_context(cafile=cafile)
     except (ssl.SSLError, OSError) as exc:
