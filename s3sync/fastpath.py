@@ -121,6 +121,14 @@ class _Body:
         except wire.WireError as exc:
             raise botocore.exceptions.ResponseStreamingError(error=exc) from exc
 
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        try:
+            return self._resp.readinto(buffer)
+        except wire.ReadTimeoutError as exc:
+            raise botocore.exceptions.ReadTimeoutError(endpoint_url=self._url, error=exc) from exc
+        except wire.WireError as exc:
+            raise botocore.exceptions.ResponseStreamingError(error=exc) from exc
+
     def close(self) -> None:
         """Return the connection to the pool after a complete body; close it otherwise."""
         self._resp.close()

@@ -95,6 +95,15 @@ class _Conn:
             return out
         return self.sock.recv(min(n, _RECV))
 
+    def take_into(self, view: memoryview) -> int:
+        """Fill the start of ``view``: buffered bytes first, else one receive; 0 at the end of the stream."""
+        if self.buf:
+            n = min(len(view), len(self.buf))
+            view[:n] = self.buf[:n]
+            del self.buf[:n]
+            return n
+        return self.sock.recv_into(view)
+
     def read_exact(self, n: int) -> bytes:
         parts: list[bytes] = []
         left = n
@@ -151,6 +160,7 @@ class Response:
     def read(self, amt: int | None = None) -> bytes:
         """Up to ``amt`` bytes of the body (all that is left when None); b"" at its end."""
         if self._done or self._conn is None:
+            self.close()  # an empty body is done before any read: give its connection back
             return b""
         try:
             if amt is None:
@@ -173,6 +183,32 @@ class Response:
             self.close()  # the whole body is in: the connection can serve the next request
         return data
 
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        """Receive body bytes straight into ``buffer``; how many (at least one), 0 at the end.
+
+        For large bodies: no bytes object is made per receive, and the caller's buffer is reused.
+        """
+        if self._done or self._conn is None:
+            self.close()  # an empty body is done before any read: give its connection back
+            return 0
+        if not len(buffer):
+            return 0
+        view = memoryview(buffer).cast("B")
+        try:
+            n = self._readinto_some(view)
+        except TimeoutError as exc:
+            self._drop()
+            raise ReadTimeoutError(f"no data for the read timeout ({exc})") from exc
+        except OSError as exc:
+            self._drop()
+            raise ProtocolError(f"connection broken while reading the answer: {exc}") from exc
+        except ProtocolError:
+            self._drop()
+            raise
+        if self._done:
+            self.close()
+        return n
+
     def _read_some(self, amt: int) -> bytes:
         conn = self._conn
         assert conn is not None
@@ -182,26 +218,56 @@ class Response:
             self._done = self._left == 0
             return data
         if self._mode == "chunked":
-            if self._left == 0:
-                size_line = conn.read_line().split(b";", 1)[0].strip()
-                try:
-                    self._left = int(size_line, 16)
-                except ValueError:
-                    raise ProtocolError(f"bad chunk size {size_line[:20]!r}") from None
-                if self._left == 0:
-                    while conn.read_line():  # trailers, up to the empty line
-                        pass
-                    self._done = True
-                    return b""
+            if self._left == 0 and not self._next_chunk(conn):
+                return b""
             data = conn.read_exact(min(amt, self._left))
             self._left -= len(data)
-            if self._left == 0 and conn.read_exact(2) != b"\r\n":
-                raise ProtocolError("chunk not followed by CRLF")
+            if self._left == 0:
+                self._end_chunk(conn)
             return data
         data = conn.take(amt)  # "close": until the server ends the stream
         if not data:
             self._done = True
         return data
+
+    def _readinto_some(self, view: memoryview) -> int:
+        conn = self._conn
+        assert conn is not None
+        if self._mode == "close":
+            n = conn.take_into(view)
+            if not n:
+                self._done = True
+            return n
+        if self._mode == "chunked" and self._left == 0 and not self._next_chunk(conn):
+            return 0
+        n = conn.take_into(view[: self._left])
+        if not n:
+            raise ProtocolError(f"connection closed with {self._left} bytes of the body still to come")
+        self._left -= n
+        if self._mode == "length":
+            self._done = self._left == 0
+        elif self._left == 0:
+            self._end_chunk(conn)
+        return n
+
+    def _next_chunk(self, conn: _Conn) -> bool:
+        """Read the next chunk's size line; False (and the body done) at the last chunk."""
+        size_line = conn.read_line().split(b";", 1)[0].strip()
+        try:
+            self._left = int(size_line, 16)
+        except ValueError:
+            raise ProtocolError(f"bad chunk size {size_line[:20]!r}") from None
+        if self._left == 0:
+            while conn.read_line():  # trailers, up to the empty line
+                pass
+            self._done = True
+            return False
+        return True
+
+    @staticmethod
+    def _end_chunk(conn: _Conn) -> None:
+        if conn.read_exact(2) != b"\r\n":
+            raise ProtocolError("chunk not followed by CRLF")
 
     def close(self) -> None:
         """Give the connection back (whole body read, keep-alive) or close it."""

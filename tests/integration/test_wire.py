@@ -261,3 +261,54 @@ def test_partly_read_body_closes_its_connection(serve):
     assert pool.request("GET", "/k", {}).data == b"fresh"
     assert server.connections == 2
     pool.close()
+
+
+def _drain_into(resp: wire.Response, size: int) -> tuple[bytes, list[int]]:
+    """Read a body with readinto through a ``size``-byte buffer; the bytes and each call's count."""
+    buf = bytearray(size)
+    out, counts = bytearray(), []
+    while n := resp.readinto(buf):
+        counts.append(n)
+        out += buf[:n]
+    return bytes(out), counts
+
+
+@pytest.mark.parametrize("size", [1, 4, 64 * 1024])
+def test_readinto_reads_every_framing_and_keeps_the_connection(serve, size):
+    """readinto gives the same bytes as read for Content-Length, chunked and read-until-close bodies."""
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked += b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n"
+    server = serve(
+        answer(ok(b"0123456789")),
+        answer(chunked),
+        answer(ok(b"")),
+        answer(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", keep=False),
+    )
+    pool = pool_for(server)
+    for target, body in (("/length", b"0123456789"), ("/chunked", b"hello world"), ("/empty", b"")):
+        resp = pool.request("GET", target, {}, preload=False)
+        data, counts = _drain_into(resp, size)
+        assert data == body
+        assert all(0 < n <= size for n in counts)
+        assert resp.complete
+        assert resp.readinto(bytearray(8)) == 0  # at the end it stays at the end
+    assert server.connections == 1  # every framed answer gave the connection back
+    resp = pool.request("GET", "/close", {}, preload=False)
+    assert _drain_into(resp, size)[0] == b"until the end"  # delimited by the end of the stream
+    assert resp.complete
+    pool.close()
+
+
+def test_readinto_a_truncated_body_is_a_protocol_error(serve):
+    """readinto, like read, never ends early without saying so: the missing bytes are an error."""
+    server = serve(answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 40, keep=False))
+    pool = pool_for(server)
+    resp = pool.request("GET", "/k", {}, preload=False)
+    buf = memoryview(bytearray(100))
+    got = 0
+    while got < 40:  # what arrived is given, up to the end of the stream
+        got += resp.readinto(buf[got:])
+    assert bytes(buf[:got]) == b"x" * 40
+    with pytest.raises(wire.ProtocolError, match="60 bytes of the body still to come"):
+        resp.readinto(buf[got:])
+    pool.close()
