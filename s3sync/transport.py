@@ -53,6 +53,7 @@ from s3sync.errors import (
 from s3sync.fastpath import FastPath, StaticKeys, parse_iso_timestamp
 from s3sync.localfs import AtomicWriter, CommitGroup, Durable, OrderedHasher, hash_file, lstat_under
 from s3sync.paths import key_to_relpath
+from s3sync.plan import download_range_size
 from s3sync.resource import Resource
 from s3sync.settings import Settings, default_settings
 
@@ -379,6 +380,7 @@ class Transport:
         self._orphan_suspects: set[str] = set()
         self._active_uploads: set[str] = set()
         self._lock = threading.Lock()
+        self._buffers = threading.local()
 
     def _fast_path(self, keys: StaticKeys | None) -> FastPath | None:
         """The fast path on a custom endpoint; None on AWS itself or with no credentials at all."""
@@ -858,15 +860,17 @@ class Transport:
         body = resp["Body"]
         try:
             with _Landing(self, job) as landing:
+                buf = self._buffer()
                 try:
-                    while chunk := body.read(_READ_CHUNK):
+                    while got := _fill(body, buf):
+                        chunk = buf[:got]
                         landing.writer.write(chunk)
                         if sha is not None:
                             sha.update(chunk)
                         if md5 is not None:
                             md5.update(chunk)
                         if progress is not None:
-                            progress(len(chunk))
+                            progress(got)
                 except (botocore.exceptions.BotoCoreError, OSError) as exc:
                     raise translate(exc, action="GET", bucket=self.bucket, key=key, kind=DownloadError) from exc
                 n = landing.writer.bytes_written
@@ -886,7 +890,7 @@ class Transport:
         SHA-256 in the metadata, or a plain-MD5 ETag): a mix of two versions must not pass.
         """
         key = job.key
-        part = max(self.settings.multipart_chunksize, math.ceil(size / _MAX_PARTS))
+        part = download_range_size(size, self.settings.multipart_chunksize, self.settings.max_concurrency)
         first = self._request_get(key, f"bytes=0-{part - 1}")
         total = _range_total(first.get("ContentRange"))
         if total is None:  # the server ignored the range: this is the whole object
@@ -939,14 +943,15 @@ class Transport:
                     key=key,
                 )
             pos = offset
+            buf = self._buffer()
             try:
-                while chunk := body.read(_READ_CHUNK):
-                    if pos + len(chunk) > offset + length:
+                while got := _fill(body, buf):
+                    if pos + got > offset + length:
                         break  # more than asked for: caught by the length check below
-                    w.write_at(chunk, pos)
-                    pos += len(chunk)
+                    w.write_at(buf[:got], pos)
+                    pos += got
                     if progress is not None:
-                        progress(len(chunk))
+                        progress(got)
             except (botocore.exceptions.BotoCoreError, OSError) as exc:
                 raise translate(exc, action="GET", bucket=self.bucket, key=key, kind=DownloadError) from exc
             if pos != offset + length:
@@ -961,6 +966,13 @@ class Transport:
             hasher.landed(offset, length)
         except OSError as exc:
             raise translate(exc, action="GET", bucket=self.bucket, key=key, kind=DownloadError) from exc
+
+    def _buffer(self) -> memoryview:
+        """This thread's receive buffer: bodies are read into it and written from it, never copied."""
+        buf: memoryview | None = getattr(self._buffers, "view", None)
+        if buf is None:
+            buf = self._buffers.view = memoryview(bytearray(_READ_CHUNK))
+        return buf
 
     def _wait_all(self, futures: list[Future[None]], key: str) -> None:
         """Wait for every part; on the first failure stop the others and wait until none runs."""
@@ -1032,6 +1044,17 @@ class _Landing:
     def __exit__(self, *exc: object) -> None:
         if not self._handed_over:
             self.writer.close()
+
+
+def _fill(body: Any, buf: memoryview) -> int:
+    """Read from a response stream until ``buf`` is full or the body ends; how many bytes."""
+    got = 0
+    while got < len(buf):
+        n = body.readinto(buf[got:])
+        if not n:
+            break
+        got += n
+    return got
 
 
 def _range_total(content_range: str | None) -> int | None:

@@ -14,10 +14,12 @@ from s3sync.errors import UnsafeKeyError
 from s3sync.paths import TEMP_PREFIX, key_to_relpath
 from s3sync.plan import (
     IGNORED_PATTERNS,
+    MAX_DOWNLOAD_RANGE,
     LocalStat,
     MirrorAction,
     UploadAction,
     backoff_delay,
+    download_range_size,
     is_ignored_name,
     plan_mirror,
     plan_upload,
@@ -140,3 +142,33 @@ def test_ignored_names_match_the_glob_patterns(name):
     """The compiled check says exactly what the documented glob patterns say, for any name."""
     expected = any(fnmatch.fnmatchcase(name, pat) for pat in IGNORED_PATTERNS)
     assert is_ignored_name(name) is expected
+
+
+MIB = 1024 * 1024
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(1, 5 * 1024**4), st.integers(5, 5 * 1024).map(lambda m: m * MIB), st.integers(1, 128))
+def test_download_ranges_are_whole_mebibytes_between_the_chunk_size_and_the_cap(size, chunksize, workers):
+    """A range is never below S3_MULTIPART_CHUNKSIZE, never above the cap unless the chunk size is."""
+    r = download_range_size(size, chunksize, workers)
+    assert r >= chunksize
+    assert r <= max(chunksize, MAX_DOWNLOAD_RANGE)
+    assert r % MIB == 0
+    if chunksize < r < MAX_DOWNLOAD_RANGE:
+        # between the bounds: at most two ranges per worker, and every worker has one
+        assert workers <= -(-size // r) <= 2 * workers
+
+
+@pytest.mark.parametrize(
+    ("size", "chunksize", "workers", "expected"),
+    [
+        (512 * MIB, 8 * MIB, 8, 32 * MIB),  # the benchmark's object: 16 ranges for 8 workers
+        (512 * MIB, 8 * MIB, 4, 64 * MIB),
+        (64 * MIB, 8 * MIB, 8, 8 * MIB),  # small objects keep the configured chunk size
+        (50 * 1024 * MIB, 8 * MIB, 8, MAX_DOWNLOAD_RANGE),  # capped: a failed range costs little to fetch again
+        (512 * MIB, 100 * MIB, 8, 100 * MIB),  # a larger S3_MULTIPART_CHUNKSIZE wins
+    ],
+)
+def test_download_range_examples(size, chunksize, workers, expected):
+    assert download_range_size(size, chunksize, workers) == expected
