@@ -7,6 +7,7 @@ on stderr (``s3sync: error: ...``) and a structured event; ``--debug`` adds the 
 from __future__ import annotations
 
 import faulthandler
+import gc
 import json
 import signal
 import sys
@@ -87,6 +88,17 @@ def _settings(**overrides: Any) -> Settings:
     ]
     configure_logging(settings.log_format, "debug" if _ctx.debug else settings.log_level, secrets=secrets)
     return settings
+
+
+def _started() -> None:
+    """Tell the cyclic garbage collector that start-up is over: what exists now lives until exit.
+
+    Start-up leaves a few hundred thousand objects behind (modules, pydantic's schemas, botocore's
+    exception classes). Frozen, they are no longer walked by every full collection of a daemon
+    that runs for months, nor by the collections of interpreter shutdown: 0.15-0.2 s of every
+    ``s3sync sync`` on the benchmark machine. Their memory is not freed at exit; the OS does that.
+    """
+    gc.freeze()
 
 
 def _version(value: bool) -> None:
@@ -310,6 +322,7 @@ def run(
         stop, reload = threading.Event(), threading.Event()
         _install_signals(stop, reload)
         base = _settings()
+        _started()
         with _maybe_local_server(base, local_server) as settings:
             settings.require_bucket()
             while True:
@@ -368,6 +381,7 @@ def sync(
         raise typer.Exit(2)
     with _errors():
         base = _settings()
+        _started()
         with _maybe_local_server(base, local_server) as settings:
             settings.require_bucket()
             update: Callable[[str, int], None] | None = None
