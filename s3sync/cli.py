@@ -458,4 +458,11 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    finally:
+        # The command is over and the process exits next: every object still alive lives until
+        # then. Frozen, they spare shutdown's collections a walk over them (0.1-0.15 s after a
+        # run that built botocore's client). Nothing is left unflushed: the commands close what
+        # they open.
+        gc.freeze()
