@@ -150,6 +150,10 @@ _MIB = 1024 * 1024
 MAX_DOWNLOAD_RANGE = 64 * _MIB
 
 
+#: Ranged GETs of one object at most (each is a future held until the download ends).
+MAX_DOWNLOAD_RANGES = 10_000
+
+
 def download_range_size(size: int, chunksize: int, workers: int) -> int:
     """Bytes per ranged GET of a ``size``-byte object: about two ranges per worker, whole MiB.
 
@@ -157,7 +161,9 @@ def download_range_size(size: int, chunksize: int, workers: int) -> int:
     each, and its CPU for a 512 MiB download fell from 1.0 s with 8 MiB ranges to 0.65 s with
     32 MiB ones. Two ranges per worker still keep every worker busy when one range is slower
     than the rest. Never below ``chunksize`` (``S3_MULTIPART_CHUNKSIZE``), never above
-    :data:`MAX_DOWNLOAD_RANGE` unless ``chunksize`` is larger.
+    :data:`MAX_DOWNLOAD_RANGE` unless ``chunksize`` is larger or the object would need more
+    than :data:`MAX_DOWNLOAD_RANGES` ranges.
     """
     per_worker = -(-size // (2 * max(1, workers)))  # ceiling division
-    return max(chunksize, min(MAX_DOWNLOAD_RANGE, -(-per_worker // _MIB) * _MIB))
+    fewest = -(-size // MAX_DOWNLOAD_RANGES)
+    return max(chunksize, fewest, min(MAX_DOWNLOAD_RANGE, -(-per_worker // _MIB) * _MIB))

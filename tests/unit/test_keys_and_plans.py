@@ -15,6 +15,7 @@ from s3sync.paths import TEMP_PREFIX, key_to_relpath
 from s3sync.plan import (
     IGNORED_PATTERNS,
     MAX_DOWNLOAD_RANGE,
+    MAX_DOWNLOAD_RANGES,
     LocalStat,
     MirrorAction,
     UploadAction,
@@ -153,8 +154,10 @@ def test_download_ranges_are_whole_mebibytes_between_the_chunk_size_and_the_cap(
     """A range is never below S3_MULTIPART_CHUNKSIZE, never above the cap unless the chunk size is."""
     r = download_range_size(size, chunksize, workers)
     assert r >= chunksize
-    assert r <= max(chunksize, MAX_DOWNLOAD_RANGE)
-    assert r % MIB == 0
+    assert -(-size // r) <= MAX_DOWNLOAD_RANGES  # a bounded number of requests and futures
+    if size <= MAX_DOWNLOAD_RANGES * MAX_DOWNLOAD_RANGE:
+        assert r <= max(chunksize, MAX_DOWNLOAD_RANGE)
+        assert r % MIB == 0
     if chunksize < r < MAX_DOWNLOAD_RANGE:
         # between the bounds: at most two ranges per worker, and every worker has one
         assert workers <= -(-size // r) <= 2 * workers
@@ -168,6 +171,7 @@ def test_download_ranges_are_whole_mebibytes_between_the_chunk_size_and_the_cap(
         (64 * MIB, 8 * MIB, 8, 8 * MIB),  # small objects keep the configured chunk size
         (50 * 1024 * MIB, 8 * MIB, 8, MAX_DOWNLOAD_RANGE),  # capped: a failed range costs little to fetch again
         (512 * MIB, 100 * MIB, 8, 100 * MIB),  # a larger S3_MULTIPART_CHUNKSIZE wins
+        (5 * 1024**4, 8 * MIB, 8, -(-5 * 1024**4 // 10_000)),  # 5 TiB: 10,000 ranges, not 81,920
     ],
 )
 def test_download_range_examples(size, chunksize, workers, expected):
