@@ -116,18 +116,20 @@ class _Body:
     def read(self, amt: int | None = None) -> bytes:
         try:
             return self._resp.read(amt)
-        except wire.ReadTimeoutError as exc:
-            raise botocore.exceptions.ReadTimeoutError(endpoint_url=self._url, error=exc) from exc
         except wire.WireError as exc:
-            raise botocore.exceptions.ResponseStreamingError(error=exc) from exc
+            raise self._error(exc) from exc
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
+        """Fill ``buffer`` with the next body bytes; how many, 0 at the end."""
         try:
             return self._resp.readinto(buffer)
-        except wire.ReadTimeoutError as exc:
-            raise botocore.exceptions.ReadTimeoutError(endpoint_url=self._url, error=exc) from exc
         except wire.WireError as exc:
-            raise botocore.exceptions.ResponseStreamingError(error=exc) from exc
+            raise self._error(exc) from exc
+
+    def _error(self, exc: wire.WireError) -> Exception:
+        if isinstance(exc, wire.ReadTimeoutError):
+            return botocore.exceptions.ReadTimeoutError(endpoint_url=self._url, error=exc)
+        return botocore.exceptions.ResponseStreamingError(error=exc)
 
     def close(self) -> None:
         """Return the connection to the pool after a complete body; close it otherwise."""

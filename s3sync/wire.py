@@ -170,12 +170,8 @@ class Response:
                 data = b"".join(parts)
             else:
                 data = self._read_some(amt)
-        except TimeoutError as exc:
-            self._drop()
-            raise ReadTimeoutError(f"no data for the read timeout ({exc})") from exc
         except OSError as exc:
-            self._drop()
-            raise ProtocolError(f"connection broken while reading the answer: {exc}") from exc
+            raise self._broken(exc) from exc
         except ProtocolError:
             self._drop()
             raise
@@ -196,18 +192,21 @@ class Response:
         view = memoryview(buffer).cast("B")
         try:
             n = self._readinto_some(view)
-        except TimeoutError as exc:
-            self._drop()
-            raise ReadTimeoutError(f"no data for the read timeout ({exc})") from exc
         except OSError as exc:
-            self._drop()
-            raise ProtocolError(f"connection broken while reading the answer: {exc}") from exc
+            raise self._broken(exc) from exc
         except ProtocolError:
             self._drop()
             raise
         if self._done:
             self.close()
         return n
+
+    def _broken(self, exc: OSError) -> WireError:
+        """A socket error while reading the body: the connection is dropped, the error named."""
+        self._drop()
+        if isinstance(exc, TimeoutError):
+            return ReadTimeoutError(f"no data for the read timeout ({exc})")
+        return ProtocolError(f"connection broken while reading the answer: {exc}")
 
     def _read_some(self, amt: int) -> bytes:
         conn = self._conn
