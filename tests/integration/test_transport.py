@@ -251,6 +251,24 @@ def test_large_download_in_ranges_is_byte_exact(make_settings, how):
     assert counter.count("GetObject", key) == (4 if verifiable else 2)
 
 
+@pytest.mark.parametrize("size", [0, 1000, 17 * MIB + 123])
+def test_downloads_through_botocore_are_byte_exact(make_settings, size):
+    """With S3_FAST_PATH=false, botocore's stream fills the same reused buffer, streamed or ranged."""
+    settings = make_settings(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB, fast_path=False)
+    data = os.urandom(size)
+    name = "PP0001_LARGE.png"
+    (settings.upload_dir_path / name).write_bytes(data)
+    with Transport(settings) as t:
+        assert t.fast is None
+        key = t.upload(name).key
+        by_listing = t.download_key(key, remote=_listed(t, key))  # ranged when large
+        assert by_listing.path.read_bytes() == data
+        by_listing.path.unlink()
+        by_name = t.download_key(key)  # size unknown: one stream
+        assert by_name.path.read_bytes() == data
+    assert not [p for p in settings.local_path.rglob("*") if p.name.startswith(TEMP_PREFIX)]
+
+
 def test_corrupted_range_fails_the_download_and_leaves_nothing(make_settings, fault_proxy):
     """One part flipped in transit: the whole-file hash catches it; no file, no temp file."""
     settings = make_settings(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
