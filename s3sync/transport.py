@@ -831,7 +831,7 @@ class Transport:
                     return DownloadResult(key, target, 0, local.sha256, known.etag, True, 0)
         size = remote.size if isinstance(remote, RemoteObject) else None
         job = _Fetch(key, segments, started, progress, group, on_durable)
-        if size is not None and size >= self.settings.multipart_threshold and self.settings.max_concurrency > 1:
+        if self.settings.max_concurrency > 1 and (size is None or size >= self.settings.multipart_threshold):
             return self._get_ranged(job, size)
         return self._get(job)
 
@@ -882,19 +882,30 @@ class Transport:
         ms = int((time.monotonic() - job.started) * 1000)
         return DownloadResult(key, path, n, sha_hex or want_sha, etag, False, ms)
 
-    def _get_ranged(self, job: _Fetch, size: int) -> DownloadResult:
+    def _get_ranged(self, job: _Fetch, size: int | None) -> DownloadResult:
         """A large object as parallel ranged GETs written in place, hashed in file order as they land.
 
         One stream of a large object keeps one core waiting on the other; parts overlap the
         server's sending with our writing. Only for objects whose content can be verified (our
         SHA-256 in the metadata, or a plain-MD5 ETag): a mix of two versions must not pass.
+
+        With ``size`` unknown (a download by name, no listing), the first range is
+        ``S3_MULTIPART_CHUNKSIZE`` and its answer tells the size: a smaller object is all in it,
+        and no HEAD was needed either way.
         """
         key = job.key
-        part = download_range_size(size, self.settings.multipart_chunksize, self.settings.max_concurrency)
-        first = self._request_get(key, f"bytes=0-{part - 1}")
+        chunk, workers = self.settings.multipart_chunksize, self.settings.max_concurrency
+        first_len = chunk if size is None else download_range_size(size, chunk, workers)
+        try:
+            first = self._request_get(key, f"bytes=0-{first_len - 1}")
+        except DownloadError as exc:
+            if size is None and exc.context.get("code") == "InvalidRange":
+                return self._get(job)  # an empty object has no byte 0 to ask for
+            raise
         total = _range_total(first.get("ContentRange"))
-        if total is None:  # the server ignored the range: this is the whole object
+        if total is None or total <= first_len:  # the server ignored the range, or it holds the whole object
             return self._stream(job, first)
+        part = first_len if size is not None else download_range_size(total, chunk, workers)
         etag = _unquote(first.get("ETag"))
         want_sha = _metadata_sha256(first.get("Metadata"))
         if not want_sha and not _is_md5_etag(etag):
@@ -908,10 +919,10 @@ class Transport:
                 first["Body"].close()
                 raise translate(exc, action="GET", bucket=self.bucket, key=key, kind=DownloadError) from exc
             try:
-                self._copy_range(job, first, w, hasher, 0, min(part, total))
+                self._copy_range(job, first, w, hasher, 0, first_len)
                 futures = [
                     self._parts.submit(self._fetch_range, job, w, hasher, offset, min(part, total - offset))
-                    for offset in range(part, total, part)
+                    for offset in range(first_len, total, part)
                 ]
                 self._wait_all(futures, key)  # every part landed and hashed, or all stopped and the error raised
             finally:

@@ -251,6 +251,33 @@ def test_large_download_in_ranges_is_byte_exact(make_settings, how):
     assert counter.count("GetObject", key) == (4 if verifiable else 2)
 
 
+@pytest.mark.parametrize(
+    ("size", "gets"),
+    [
+        (0, 2),  # no byte 0 to ask for (InvalidRange): then one plain GET
+        (1000, 1),  # the first range holds the whole object
+        (5 * MIB, 1),  # exactly one range
+        (17 * MIB + 123, 4),  # 5 MiB ranges
+    ],
+)
+def test_download_by_name_learns_the_size_from_its_first_range(make_settings, size, gets):
+    """Without a listing (a library download by name) no HEAD is sent, and a large object still goes in ranges."""
+    settings = make_settings(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
+    data = os.urandom(size)
+    name = "PP0001_LARGE.png"
+    (settings.upload_dir_path / name).write_bytes(data)
+    with Transport(settings) as t:
+        key = t.upload(name).key
+    transport, counter = counted_transport(settings)
+    with transport:
+        result = transport.download_key(key)
+    assert result.path.read_bytes() == data
+    assert result.bytes == size
+    assert counter.count("HeadObject", key) == 0
+    assert counter.count("GetObject", key) == gets
+    assert not [p for p in settings.local_path.rglob("*") if p.name.startswith(TEMP_PREFIX)]
+
+
 @pytest.mark.parametrize("size", [0, 1000, 17 * MIB + 123])
 def test_downloads_through_botocore_are_byte_exact(make_settings, size):
     """With S3_FAST_PATH=false, botocore's stream fills the same reused buffer, streamed or ranged."""
