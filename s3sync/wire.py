@@ -29,7 +29,8 @@ import socket
 import ssl
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -46,6 +47,9 @@ __all__ = [
 _MAX_HEAD = 64 * 1024  # bytes of status line and headers we accept in one answer
 _ONE_WRITE = 256 * 1024  # bodies up to this size go out in the same write as the head
 _RECV = 256 * 1024
+
+_A = TypeVar("_A")
+_R = TypeVar("_R")
 
 
 class WireError(Exception):
@@ -159,54 +163,39 @@ class Response:
 
     def read(self, amt: int | None = None) -> bytes:
         """Up to ``amt`` bytes of the body (all that is left when None); b"" at its end."""
-        if self._done or self._conn is None:
-            self.close()  # an empty body is done before any read: give its connection back
-            return b""
-        try:
-            if amt is None:
-                parts = []
-                while chunk := self._read_some(1 << 30):
-                    parts.append(chunk)
-                data = b"".join(parts)
-            else:
-                data = self._read_some(amt)
-        except OSError as exc:
-            raise self._broken(exc) from exc
-        except ProtocolError:
-            self._drop()
-            raise
-        if self._done:
-            self.close()  # the whole body is in: the connection can serve the next request
-        return data
+        return self._reading(self._read_all if amt is None else self._read_some, amt or 0, b"")
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
         """Receive body bytes straight into ``buffer``; how many (at least one), 0 at the end.
 
         For large bodies: no bytes object is made per receive, and the caller's buffer is reused.
         """
+        return self._reading(self._readinto_some, memoryview(buffer).cast("B"), 0)
+
+    def _reading(self, step: Callable[[_A], _R], arg: _A, at_end: _R) -> _R:
+        """Run one read ``step``; a broken socket drops the connection, a finished body returns it."""
         if self._done or self._conn is None:
             self.close()  # an empty body is done before any read: give its connection back
-            return 0
-        if not len(buffer):
-            return 0
-        view = memoryview(buffer).cast("B")
+            return at_end
         try:
-            n = self._readinto_some(view)
+            result = step(arg)
         except OSError as exc:
-            raise self._broken(exc) from exc
+            self._drop()
+            if isinstance(exc, TimeoutError):
+                raise ReadTimeoutError(f"no data for the read timeout ({exc})") from exc
+            raise ProtocolError(f"connection broken while reading the answer: {exc}") from exc
         except ProtocolError:
             self._drop()
             raise
         if self._done:
-            self.close()
-        return n
+            self.close()  # the whole body is in: the connection can serve the next request
+        return result
 
-    def _broken(self, exc: OSError) -> WireError:
-        """A socket error while reading the body: the connection is dropped, the error named."""
-        self._drop()
-        if isinstance(exc, TimeoutError):
-            return ReadTimeoutError(f"no data for the read timeout ({exc})")
-        return ProtocolError(f"connection broken while reading the answer: {exc}")
+    def _read_all(self, _: int) -> bytes:
+        parts = []
+        while chunk := self._read_some(1 << 30):
+            parts.append(chunk)
+        return b"".join(parts)
 
     def _read_some(self, amt: int) -> bytes:
         conn = self._conn
@@ -232,6 +221,8 @@ class Response:
     def _readinto_some(self, view: memoryview) -> int:
         conn = self._conn
         assert conn is not None
+        if not view:
+            return 0
         if self._mode == "close":
             n = conn.take_into(view)
             if not n:
