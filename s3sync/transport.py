@@ -905,7 +905,7 @@ class Transport:
         total = _range_total(first.get("ContentRange"))
         if total is None or total <= first_len:  # the server ignored the range, or it holds the whole object
             return self._stream(job, first)
-        part = first_len if size is not None else download_range_size(total, chunk, workers)
+        part = download_range_size(total, chunk, workers)  # the listing's size, unless the object changed since
         etag = _unquote(first.get("ETag"))
         want_sha = _metadata_sha256(first.get("Metadata"))
         if not want_sha and not _is_md5_etag(etag):
