@@ -314,28 +314,37 @@ class Uploader:
     def _dispatch_due(self) -> None:
         with self._cond:
             now = time.monotonic()
-            while self._heap and len(self._inflight) < self.settings.max_concurrency:
-                due, _, rel = self._heap[0]
-                item = self._items.get(rel)
-                if item is None or item.due != due:
-                    heapq.heappop(self._heap)  # stale entry
-                    continue
-                if due > now:
+            while len(self._inflight) < self.settings.max_concurrency:
+                item = self._take(now)
+                if item is None:
                     break
-                heapq.heappop(self._heap)
-                if self._ready(item, now):
-                    del self._items[rel]
-                    self.stats.queued -= 1
-                    self._inflight.add(rel)
-                    self._pool.submit(self._run_item, item)
-                elif rel in self._items:
-                    item.due = now + _POLL
-                    self._push(item)
+                self._pool.submit(self._run_item, item)
             wait = 0.5
             if self._heap and len(self._inflight) < self.settings.max_concurrency:
                 wait = max(0.0, min(wait, self._heap[0][0] - now))
             # When every worker is busy, a finishing worker wakes us (no busy loop).
             self._cond.wait(timeout=wait)
+
+    def _take(self, now: float) -> _Item | None:
+        """Pop the next due file that is ready and mark it in flight (the lock is held)."""
+        while self._heap:
+            due, _, rel = self._heap[0]
+            item = self._items.get(rel)
+            if item is None or item.due != due:
+                heapq.heappop(self._heap)  # stale entry
+                continue
+            if due > now:
+                return None
+            heapq.heappop(self._heap)
+            if self._ready(item, now):
+                del self._items[rel]
+                self.stats.queued -= 1
+                self._inflight.add(rel)
+                return item
+            if rel in self._items:
+                item.due = now + _POLL
+                self._push(item)
+        return None
 
     def _ready(self, item: _Item, now: float) -> bool:
         try:
@@ -365,29 +374,37 @@ class Uploader:
         )
 
     # --- the workers -------------------------------------------------------------------------
-    def _run_item(self, item: _Item) -> None:
-        retry: float | None = None
-        try:
-            self._process(item)
-        except (ConfigurationError, S3SyncError, OSError) as exc:
-            retry = self._failed(item, exc)
-        except Exception as exc:
-            log.exception("upload.failed", path=item.rel, error=f"{type(exc).__name__}: {exc}")
-            retry = self._failed(item, exc)
-        finally:
-            with self._cond:
-                self._inflight.discard(item.rel)
-                again = self._dirty.pop(item.rel, None)
-                if retry is not None and not self._stop.is_set():
-                    item.due = time.monotonic() + retry
-                    item.hint = "scan" if item.hint not in {"closed", "moved"} else item.hint
-                    item.remote = UNKNOWN
-                    self._items[item.rel] = item
-                    self.stats.queued += 1
-                    self._push(item)
-                self._cond.notify_all()
-            if again is not None and not self._stop.is_set():
-                self.notify(item.path, again)
+    def _run_item(self, first: _Item) -> None:
+        # A worker that finishes a file takes the next due one itself: a busy queue (a catch-up, a
+        # flood of new files) then costs no hand-off through the dispatcher per file. The dispatcher
+        # is woken only when this worker finds nothing to do.
+        item: _Item | None = first
+        while item is not None:
+            retry: float | None = None
+            try:
+                self._process(item)
+            except (ConfigurationError, S3SyncError, OSError) as exc:
+                retry = self._failed(item, exc)
+            except Exception as exc:
+                log.exception("upload.failed", path=item.rel, error=f"{type(exc).__name__}: {exc}")
+                retry = self._failed(item, exc)
+            finally:
+                with self._cond:
+                    self._inflight.discard(item.rel)
+                    again = self._dirty.pop(item.rel, None)
+                    if retry is not None and not self._stop.is_set():
+                        item.due = time.monotonic() + retry
+                        item.hint = "scan" if item.hint not in {"closed", "moved"} else item.hint
+                        item.remote = UNKNOWN
+                        self._items[item.rel] = item
+                        self.stats.queued += 1
+                        self._push(item)
+                    done = item
+                    item = None if self._stop.is_set() else self._take(time.monotonic())
+                    if item is None:
+                        self._cond.notify_all()
+                if again is not None and not self._stop.is_set():
+                    self.notify(done.path, again)
 
     def _failed(self, item: _Item, exc: BaseException) -> float | None:
         item.attempt += 1
