@@ -919,11 +919,16 @@ class Transport:
                 first["Body"].close()
                 raise translate(exc, action="GET", bucket=self.bucket, key=key, kind=DownloadError) from exc
             try:
-                self._copy_range(job, first, w, hasher, 0, first_len)
+                # The other ranges start before the first one's body is read: all of them stream at once.
                 futures = [
                     self._parts.submit(self._fetch_range, job, w, hasher, offset, min(part, total - offset))
                     for offset in range(first_len, total, part)
                 ]
+                try:
+                    self._copy_range(job, first, w, hasher, 0, first_len)
+                except BaseException:
+                    _stop_all(futures)
+                    raise
                 self._wait_all(futures, key)  # every part landed and hashed, or all stopped and the error raised
             finally:
                 hasher.close()
@@ -990,10 +995,7 @@ class Transport:
         try:
             self._collect(futures, key, DownloadError)
         except BaseException:
-            for fut in futures:
-                fut.cancel()
-            # The parts write into a descriptor the caller closes next: none may still run then.
-            wait([f for f in futures if not f.cancelled()])
+            _stop_all(futures)
             raise
 
     def _verify(
@@ -1055,6 +1057,16 @@ class _Landing:
     def __exit__(self, *exc: object) -> None:
         if not self._handed_over:
             self.writer.close()
+
+
+def _stop_all(futures: list[Future[None]]) -> None:
+    """Cancel the parts not started and wait for the running ones to end.
+
+    The parts write into a descriptor the caller closes next: none may still run then.
+    """
+    for fut in futures:
+        fut.cancel()
+    wait([f for f in futures if not f.cancelled()])
 
 
 def _fill(body: Any, buf: memoryview) -> int:

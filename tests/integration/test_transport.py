@@ -10,7 +10,7 @@ import time
 import pytest
 
 from s3sync import Browser, FileTreeNode, Resource, Transport
-from s3sync.errors import EndpointError, IntegrityError, NotFoundError, UnsafeKeyError
+from s3sync.errors import DownloadError, EndpointError, IntegrityError, NotFoundError, UnsafeKeyError
 from s3sync.paths import TEMP_PREFIX
 from s3sync.transport import META_SHA256, make_client
 from tests.integration.daemon_helpers import counted_transport
@@ -309,3 +309,22 @@ def test_corrupted_range_fails_the_download_and_leaves_nothing(make_settings, fa
     with Transport(via_proxy) as t, pytest.raises(IntegrityError):
         t.download_key(key, remote=_listed(t, key))
     assert [p for p in settings.local_path.rglob("*") if not p.is_dir()] == []
+
+
+def test_broken_first_range_stops_the_other_ranges_and_leaves_nothing(make_settings, fault_proxy):
+    """The first range's body breaks while the other ranges stream: one DownloadError, no file, no temp file."""
+    settings = make_settings(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
+    data = os.urandom(12 * MIB)
+    key = "big/first-broken.bin"
+    make_client(settings).put_object(Bucket=settings.require_bucket(), Key=key, Body=data)
+    via_proxy = settings.model_copy(update={"endpoint_url": fault_proxy.endpoint})
+    fault_proxy.set_faults(
+        [Fault("truncate", match=lambda m, p, h: m == "GET" and h.get("range", "").startswith("bytes=0-"))]
+    )
+    with Transport(via_proxy) as t:
+        listed = _listed(t, key)
+        with pytest.raises(DownloadError):
+            t.download_key(key, remote=listed)
+        assert [p for p in settings.local_path.rglob("*") if not p.is_dir()] == []
+        fault_proxy.set_faults([])
+        assert t.download_key(key, remote=listed).path.read_bytes() == data  # the transport is still usable
