@@ -381,30 +381,41 @@ class Uploader:
         item: _Item | None = first
         while item is not None:
             retry: float | None = None
+            carry_on = False
             try:
-                self._process(item)
-            except (ConfigurationError, S3SyncError, OSError) as exc:
-                retry = self._failed(item, exc)
-            except Exception as exc:
-                log.exception("upload.failed", path=item.rel, error=f"{type(exc).__name__}: {exc}")
-                retry = self._failed(item, exc)
+                try:
+                    self._process(item)
+                except (ConfigurationError, S3SyncError, OSError) as exc:
+                    retry = self._failed(item, exc)
+                except Exception as exc:
+                    log.exception("upload.failed", path=item.rel, error=f"{type(exc).__name__}: {exc}")
+                    retry = self._failed(item, exc)
+                carry_on = True
             finally:
-                with self._cond:
-                    self._inflight.discard(item.rel)
-                    again = self._dirty.pop(item.rel, None)
-                    if retry is not None and not self._stop.is_set():
-                        item.due = time.monotonic() + retry
-                        item.hint = "scan" if item.hint not in {"closed", "moved"} else item.hint
-                        item.remote = UNKNOWN
-                        self._items[item.rel] = item
-                        self.stats.queued += 1
-                        self._push(item)
-                    done = item
-                    item = None if self._stop.is_set() else self._take(time.monotonic())
-                    if item is None:
-                        self._cond.notify_all()
-                if again is not None and not self._stop.is_set():
-                    self.notify(done.path, again)
+                item = self._release(item, retry, take_next=carry_on)
+
+    def _release(self, item: _Item, retry: float | None, *, take_next: bool) -> _Item | None:
+        """A file is done: put it back when it is to be ``retry``-ed, and take the next due one.
+
+        Returns the file taken (now in flight), or None after waking the dispatcher and anyone
+        in :meth:`wait_idle`.
+        """
+        with self._cond:
+            self._inflight.discard(item.rel)
+            again = self._dirty.pop(item.rel, None)
+            if retry is not None and not self._stop.is_set():
+                item.due = time.monotonic() + retry
+                item.hint = "scan" if item.hint not in {"closed", "moved"} else item.hint
+                item.remote = UNKNOWN
+                self._items[item.rel] = item
+                self.stats.queued += 1
+                self._push(item)
+            following = self._take(time.monotonic()) if take_next and not self._stop.is_set() else None
+            if following is None:
+                self._cond.notify_all()
+        if again is not None and not self._stop.is_set():
+            self.notify(item.path, again)
+        return following
 
     def _failed(self, item: _Item, exc: BaseException) -> float | None:
         item.attempt += 1
