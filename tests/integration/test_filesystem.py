@@ -37,13 +37,19 @@ def key_of(settings, name: str) -> str:
 
 
 def test_vanished_file_is_skipped_and_daemon_continues(make_settings):
-    """A file deleted between its event and its read is skipped quietly; later files still upload."""
+    """A file deleted before its events are handled is skipped quietly; later files still upload.
+
+    Each file is unlinked before it is closed, so its close-after-write event arrives for a path
+    that is already gone. (A file deleted just after its close may be uploaded: it was complete.)
+    """
     settings = make_settings(**FAST)
     with running(settings) as service:
         for i in range(20):
             p = settings.upload_dir_path / f"B{i:04d}_GONE.jpg"
-            p.write_bytes(b"x" * 100)
-            p.unlink()
+            with p.open("wb") as f:
+                f.write(b"x" * 100)
+                f.flush()
+                p.unlink()
         good = drop(settings.upload_dir_path, "B9999_STAYS.jpg", b"stays")
         wait_for(lambda: object_bytes(settings, key_of(settings, good.name)) == b"stays")
         assert service.uploader is not None
