@@ -296,35 +296,30 @@ def test_downloads_through_botocore_are_byte_exact(make_settings, size):
     assert not [p for p in settings.local_path.rglob("*") if p.name.startswith(TEMP_PREFIX)]
 
 
-def test_corrupted_range_fails_the_download_and_leaves_nothing(make_settings, fault_proxy):
-    """One part flipped in transit: the whole-file hash catches it; no file, no temp file."""
+@pytest.mark.parametrize(
+    ("fault", "range_start", "error"),
+    [
+        pytest.param("flip_byte", "bytes=5", IntegrityError, id="later-range-flipped"),
+        pytest.param("truncate", "bytes=0-", DownloadError, id="first-range-cut"),
+    ],
+)
+def test_broken_range_fails_the_download_and_leaves_nothing(make_settings, fault_proxy, fault, range_start, error):
+    """One range damaged in transit: one clear error, no file, no temp file, and the transport still works.
+
+    A flipped byte in a later part is caught by the whole-file hash. A first range cut short
+    fails while the other ranges are already streaming: they are stopped before the temp file goes.
+    """
     settings = make_settings(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
     data = os.urandom(12 * MIB)
-    key = "big/flipped.bin"
+    key = f"big/{fault}.bin"
     make_client(settings).put_object(Bucket=settings.require_bucket(), Key=key, Body=data)
     via_proxy = settings.model_copy(update={"endpoint_url": fault_proxy.endpoint})
     fault_proxy.set_faults(
-        [Fault("flip_byte", match=lambda m, p, h: m == "GET" and h.get("range", "").startswith("bytes=5"), times=1)]
-    )
-    with Transport(via_proxy) as t, pytest.raises(IntegrityError):
-        t.download_key(key, remote=_listed(t, key))
-    assert [p for p in settings.local_path.rglob("*") if not p.is_dir()] == []
-
-
-def test_broken_first_range_stops_the_other_ranges_and_leaves_nothing(make_settings, fault_proxy):
-    """The first range's body breaks while the other ranges stream: one DownloadError, no file, no temp file."""
-    settings = make_settings(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
-    data = os.urandom(12 * MIB)
-    key = "big/first-broken.bin"
-    make_client(settings).put_object(Bucket=settings.require_bucket(), Key=key, Body=data)
-    via_proxy = settings.model_copy(update={"endpoint_url": fault_proxy.endpoint})
-    fault_proxy.set_faults(
-        [Fault("truncate", match=lambda m, p, h: m == "GET" and h.get("range", "").startswith("bytes=0-"))]
+        [Fault(fault, match=lambda m, p, h: m == "GET" and h.get("range", "").startswith(range_start), times=1)]
     )
     with Transport(via_proxy) as t:
         listed = _listed(t, key)
-        with pytest.raises(DownloadError):
+        with pytest.raises(error):
             t.download_key(key, remote=listed)
         assert [p for p in settings.local_path.rglob("*") if not p.is_dir()] == []
-        fault_proxy.set_faults([])
-        assert t.download_key(key, remote=listed).path.read_bytes() == data  # the transport is still usable
+        assert t.download_key(key, remote=listed).path.read_bytes() == data  # the fault fired once
