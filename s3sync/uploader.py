@@ -3,8 +3,10 @@
 One dispatcher thread owns a schedule of pending files (a heap of due times). It checks
 each due file for readiness (complete, or settled), hands ready files to a pool of
 ``S3_MAX_CONCURRENCY`` workers, and puts failed ones back with exponential backoff and
-jitter: nothing is dropped while the daemon runs. A path is never in flight twice; a hint
-arriving while it is in flight is remembered and handled after.
+jitter: nothing is dropped while the daemon runs. A worker that finishes a file takes the
+next ready one from the same schedule itself, so a long queue runs without a hand-off per
+file. A path is never in flight twice; a hint arriving while it is in flight is remembered
+and handled after.
 """
 
 from __future__ import annotations
