@@ -7,7 +7,10 @@ Run from the repository root::
 
 Every tool runs as a subprocess against the same server in the same run, configured through its
 environment only (no file in ``$HOME``). Each timed run gets a fresh bucket and fresh folders; the
-order of the tools rotates from round to round so no tool always runs first (cold caches) or last.
+order of the tools rotates from round to round so no tool always runs first (cold caches) or last,
+and before the timed rounds of a scenario one untimed warm-up run (by the tool that runs last in
+round 1) leaves the machine as busy as every later run finds it: the very first run of a scenario
+no longer meets an idle server and a clean page cache.
 Each run is timed by wall clock from spawn to exit, and its peak RSS comes from ``wait4`` on the
 child (the largest process of its tree). After every timed run an untimed check compares the
 destination with what was expected: a fast wrong tool is not a result, so a mismatch fails the run.
@@ -499,6 +502,7 @@ class Options:
     tools: tuple[str, ...]
     out: Path
     timeout: float
+    warmup: bool = True
 
 
 class Bench:
@@ -521,6 +525,7 @@ class Bench:
         self.results: dict[str, dict[str, Cell]] = {}
         self.daemon = DaemonResult()
         self._seq = 0
+        self._warming = False
 
     # --- plumbing ----------------------------------------------------------------------------
     def _fresh(self, scenario: str, tool: str, rnd: int) -> tuple[str, Path]:
@@ -576,6 +581,9 @@ class Bench:
         )
 
     def _record(self, scenario: str, tool: str, proc: Proc, rnd: int) -> None:
+        if self._warming:
+            log(f"{scenario:<10} warm-up {tool:<7} {proc.seconds:8.2f} s  (untimed)")
+            return
         cell = self.results[scenario][tool]
         cell.times.append(proc.seconds)
         cell.rss_kib.append(proc.peak_rss_kib)
@@ -751,6 +759,8 @@ class Bench:
                 for t in order:
                     if not self.tools[t].installed:
                         cells[t].status = "not installed"
+            if self.opts.warmup:
+                self._warm_up(scenario, steps[scenario], order)
             for rnd in range(self.opts.rounds):
                 k = rnd % len(order)
                 for tool in order[k:] + order[:k]:
@@ -766,6 +776,23 @@ class Bench:
                                 self.results[tb][tool].status = f"FAILED: {first_line[:200]}"
                         log(f"!!! {scenario} round {rnd + 1} {tool} FAILED: {exc}")
         return ok
+
+    def _warm_up(self, scenario: str, step: Callable[[str, int], None], order: list[str]) -> None:
+        """One untimed run of ``scenario`` by the last installed tool of round 1; a failure only logs.
+
+        Without it the first timed run of the first scenario met an idle machine: it was the
+        fastest run of its tool in every benchmark so far, whichever tool it was.
+        """
+        installed = [t for t in order if self.tools[t].installed]
+        if not installed:
+            return
+        self._warming = True
+        try:
+            step(installed[-1], 0)
+        except (BenchError, OSError, ClientError) as exc:
+            log(f"!!! {scenario} warm-up {installed[-1]} failed (untimed, ignored): {exc}")
+        finally:
+            self._warming = False
 
     def _run_daemon(self) -> bool:
         if "s3sync" not in self.tools:
@@ -988,11 +1015,18 @@ def render(
         *(f"- {k} (used by s3sync): {v}" for k, v in library_versions().items()),
         f"- server: `{server_version}` `serve s3` on 127.0.0.1, `--vfs-cache-mode off`, one process for the whole run",
         "",
-        f"Rounds: {opts.rounds}; tool order rotates each round; every timed run gets a fresh bucket and fresh "
-        "folders. Each tool runs with its defaults (aws-cli 10 concurrent requests, s5cmd 256 workers, "
-        "rclone 4 transfers / 8 checkers, s3sync S3_MAX_CONCURRENCY=8). Peak RSS is `wait4`'s ru_maxrss, taken by a "
-        "small spawn helper (so it is not inflated by the benchmark's own memory; ~5 MiB floor): the largest "
-        "single process of the tool's tree, the highest over the rounds.",
+        f"Rounds: {opts.rounds}; tool order rotates each round; "
+        + (
+            "before each scenario one untimed warm-up run (the tool that runs last in round 1), so no timed run "
+            "meets an idle machine; "
+            if opts.warmup
+            else "no warm-up run; "
+        )
+        + "every timed run gets a fresh bucket and fresh folders. Each tool runs with its defaults "
+        "(aws-cli 10 concurrent requests, s5cmd 256 workers, rclone 4 transfers / 8 checkers, "
+        "s3sync S3_MAX_CONCURRENCY=8). Peak RSS is `wait4`'s ru_maxrss, taken by a small spawn helper "
+        "(so it is not inflated by the benchmark's own memory; ~5 MiB floor): the largest single process "
+        "of the tool's tree, the highest over the rounds.",
         "",
     ]
     tables: list[str] = []
@@ -1061,6 +1095,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds before one run is killed")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one round: does everything work?")
+    p.add_argument(
+        "--no-warmup", dest="warmup", action="store_false", help="skip the untimed warm-up run before each scenario"
+    )
     a = p.parse_args(argv)
     scenarios = tuple(s.strip() for s in a.scenarios.split(",") if s.strip())
     tools = tuple(t.strip() for t in a.tools.split(",") if t.strip())
@@ -1086,6 +1123,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         tools=tools,
         out=a.out.resolve(),
         timeout=a.timeout,
+        warmup=a.warmup,
     )
 
 

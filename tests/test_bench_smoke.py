@@ -30,5 +30,12 @@ def test_bench_smoke_writes_every_table(tmp_path: Path) -> None:
     s3sync_rows = [line for line in text.splitlines() if line.startswith("| s3sync | ")]
     assert len(s3sync_rows) >= 5, s3sync_rows  # one per scenario table (and one in the summary)
     assert "FAILED:" not in text
+    # Each scenario had one untimed warm-up run (by the last tool of round 1), and it is not in the table.
+    log = done.stdout + done.stderr
+    for scenario in ("upload", "mirror", "noop", "large-up", "large-down"):
+        assert f"{scenario:<10} warm-up " in log, scenario
+    rows = [line.split("|") for line in text.splitlines() if line.startswith(("| rclone | ", "| s5cmd | "))]
+    assert rows, "no peer rows"
+    assert all("," not in row[3] for row in rows if len(row) > 4), rows  # one round: one time per cell
     assert "## daemon:" in text
     assert "| latency p50 |" in text
