@@ -12,6 +12,8 @@ server and, per request, inject one fault:
 ``clock_skew``     answer 403 ``RequestTimeTooSkewed`` without forwarding
 ``flip_byte``      forward; flip the middle byte of the response body (length unchanged)
 ``truncate``       forward; send the head (full ``Content-Length``) and half the body, then close
+``hold``           read the request, set ``reached``, wait until ``release`` is set (at most
+                   ``seconds``), then forward: the test acts while the request is held
 =================  ===========================================================================
 
 When a response has no body (``HEAD``, 204, an empty object), ``reset_response`` and
@@ -49,7 +51,9 @@ __all__ = ["FAULT_KINDS", "Fault", "FaultKind", "FaultProxy", "Match"]
 
 HOST = "127.0.0.1"
 
-FaultKind = Literal["reset_request", "reset_response", "delay", "status", "clock_skew", "flip_byte", "truncate"]
+FaultKind = Literal[
+    "reset_request", "reset_response", "delay", "status", "clock_skew", "flip_byte", "truncate", "hold"
+]
 FAULT_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 
 #: ``match(method, path_with_query, headers)``: headers with lower-case names.
@@ -90,6 +94,9 @@ class Fault:
     seconds: float = 5.0
     seed: int | None = None
     code: str | None = None
+    #: ``kind="hold"``: set by the proxy once a held request has been read; the test sets ``release``.
+    reached: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
     hits: int = field(default=0, init=False)
     _rng: random.Random = field(default_factory=random.Random, init=False, repr=False)
 
@@ -583,6 +590,13 @@ class FaultProxy:
             assert fault is not None
             if self._stop.wait(fault.seconds):
                 raise _ConnectionEndedError
+        if kind == "hold":
+            assert fault is not None
+            fault.reached.set()
+            deadline = time.monotonic() + fault.seconds
+            while not fault.release.wait(0.05):
+                if self._stop.is_set() or time.monotonic() > deadline:
+                    raise _ConnectionEndedError
 
         uconn = upstream.send(head + body)
         return self._relay_response(method, uconn, client, upstream, kind) and client_keep
