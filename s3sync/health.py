@@ -1,0 +1,118 @@
+"""PURE: whether the daemon is healthy, decided in one place over one typed snapshot.
+
+``/healthz`` (:mod:`s3sync.metrics`), the systemd watchdog gate and ``s3sync status`` all build a
+:class:`HealthSnapshot` and call :func:`assess`; none of them decides on its own. Two verdicts
+come out of it:
+
+* ``healthy``: nothing an operator must act on. A stuck loop or upload worker, a watcher that
+  is not running (or an upload folder that is gone), no complete mirror pass for longer than the
+  allowed age, a daemon that stopped or stopped reporting.
+* ``alive``: the reasons a restart would cure (a stuck loop or worker). Only these stop the
+  watchdog pings: an endpoint that is down for an hour must turn ``/healthz`` red, not make
+  systemd restart the daemon five times and give up.
+
+Counts of single items (key conflicts, unsafe keys, locally changed mirror files, failed items)
+are warnings: they are reported, and never make the daemon unhealthy. One bad key is not a
+broken mirror; a mirror whose listing fails is.
+
+>>> h = assess(HealthSnapshot(now=100.0, started=0.0, conflicts=2))
+>>> h.healthy, h.warnings
+(True, ('2 key conflicts in the last mirror pass',))
+>>> assess(HealthSnapshot(now=100.0, started=0.0, stalled_workers=("upload-3",))).alive
+False
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["STALE_REPORT_SECONDS", "Health", "HealthSnapshot", "assess"]
+
+#: A daemon writes its status every 5 s; silent for longer than this, it is killed or stuck.
+STALE_REPORT_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSnapshot:
+    """What health is decided from: plain values, wall-clock seconds (``time.time()``)."""
+
+    now: float
+    #: When the daemon started (None: unknown, e.g. a status written by an older version).
+    started: float | None = None
+    #: False once the daemon stopped (cleanly): ``s3sync status`` reading its last report.
+    running: bool = True
+    #: When the daemon wrote the report being judged; None when judging the live daemon.
+    reported_at: float | None = None
+    #: Loops that died or stopped ticking ("upload loop", "mirror loop", "supervisor loop").
+    stalled_loops: tuple[str, ...] = ()
+    #: Upload workers stuck on one file (the uploader's ``stalled_workers()``).
+    stalled_workers: tuple[str, ...] = ()
+    watcher_running: bool = True
+    #: The upload folder does not exist (deleted or unmounted); the watcher waits for it.
+    upload_folder_missing: bool = False
+    #: 0 when the mirror is off (``S3_MIRROR_INTERVAL=0``): its age is then not judged.
+    mirror_interval: float = 60.0
+    #: Longest allowed time without a complete mirror pass (0: three intervals + 60 s).
+    max_mirror_age: float = 0.0
+    #: When the last complete mirror pass ended (None: none yet).
+    last_mirror_ok: float | None = None
+    # --- warnings only ---------------------------------------------------------------------
+    conflicts: int = 0
+    unsafe_keys: int = 0
+    local_changed: int = 0
+    failed_items: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The verdict: ``healthy`` with the reasons it is not, ``alive`` for the watchdog, warnings."""
+
+    healthy: bool
+    alive: bool
+    reasons: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def _mirror_age_limit(s: HealthSnapshot) -> float:
+    return s.max_mirror_age or (3 * s.mirror_interval + 60)
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def assess(s: HealthSnapshot) -> Health:
+    """Decide health from ``s``: reasons (unhealthy), which of them a restart cures, and warnings."""
+    fatal: list[str] = []  # a restart would cure these: they also stop the watchdog pings
+    reasons: list[str] = []
+    if not s.running:
+        reasons.append("the daemon is not running (it stopped cleanly)")
+    elif s.reported_at is not None and s.now - s.reported_at > STALE_REPORT_SECONDS:
+        reasons.append(f"no status from the daemon for {int(s.now - s.reported_at)} s (killed or stuck)")
+    else:
+        fatal.extend(s.stalled_loops)
+        if s.stalled_workers:
+            fatal.append(f"upload worker stuck: {', '.join(sorted(s.stalled_workers))}")
+        reasons.extend(fatal)
+        if s.upload_folder_missing:
+            reasons.append("the upload folder is missing (waiting for it to come back)")
+        elif not s.watcher_running:
+            reasons.append("watcher is not running")
+    if s.mirror_interval > 0:
+        limit = _mirror_age_limit(s)
+        if s.last_mirror_ok is not None:
+            too_old = s.now - s.last_mirror_ok > limit
+        else:
+            too_old = s.started is None or s.now - s.started > limit
+        if too_old:
+            reasons.append(f"no successful mirror pass for more than {int(limit)} s")
+    warnings: list[str] = []
+    for n, one, many in (
+        (s.conflicts, "key conflict", "key conflicts"),
+        (s.unsafe_keys, "unsafe key", "unsafe keys"),
+        (s.local_changed, "locally changed mirror file", "locally changed mirror files"),
+        (s.failed_items, "failed download", "failed downloads"),
+    ):
+        if n > 0:
+            warnings.append(f"{_plural(n, one, many)} in the last mirror pass")
+    return Health(healthy=not reasons, alive=not fatal, reasons=tuple(reasons), warnings=tuple(warnings))
