@@ -11,6 +11,9 @@ and hoping (aws-cli's parent-folder guard had holes exactly there).
 Traceback (most recent call last):
 ...
 s3sync.errors.UnsafeKeyError: unsafe key 'a/../../etc/passwd': has a '..' segment
+
+Control characters and Unicode format characters (category Cf: bidirectional overrides such as
+U+202E, zero-width spaces, BOMs) are refused too: a file named with them displays as another name.
 """
 
 from __future__ import annotations
@@ -53,8 +56,12 @@ def key_to_relpath(key: str) -> tuple[str, ...]:
     for ch in () if key.isascii() and key.isprintable() else key:
         if ch == "\x00":
             raise UnsafeKeyError(key, "contains a NUL character")
-        if unicodedata.category(ch) in {"Cc", "Cs"}:
+        category = unicodedata.category(ch)
+        if category in {"Cc", "Cs"}:
             raise UnsafeKeyError(key, "contains a control character")
+        if category == "Cf":
+            # U+202E turns "gpj.exe" into what reads as "exe.jpg"; U+200B hides in plain sight.
+            raise UnsafeKeyError(key, f"contains an invisible or bidirectional format character (U+{ord(ch):04X})")
     try:
         encoded = key.encode("utf-8")
     except UnicodeEncodeError as exc:
