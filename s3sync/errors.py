@@ -15,7 +15,11 @@ knows the exit code the command line maps it to (``1``: an item failed,
     │   ├── DownloadError
     │   └── IntegrityError                    bytes on one side differ from the other
     ├── LocalFileError               exit 1   a local file vanished, is unreadable, or cannot be written
+    │   ├── FileChangedError                  the file changed while it was read (the attempt is discarded)
+    │   └── NotRegularFileError               a symlink, FIFO, socket or device where a file was expected
     └── StateError                   exit 1   the state database is unusable
+        ├── StateCorruptError        exit 2   not a SQLite database, or it fails its integrity check
+        └── StateLockedError         exit 2   another s3sync process holds the state's lock
 
 Messages are single readable lines and never contain a secret: errors coming
 from botocore are translated inside :mod:`s3sync.transport` only, with the
@@ -28,12 +32,16 @@ __all__ = [
     "ConfigurationError",
     "DownloadError",
     "EndpointError",
+    "FileChangedError",
     "IntegrityError",
     "InvalidNameError",
     "LocalFileError",
     "NotFoundError",
+    "NotRegularFileError",
     "S3SyncError",
+    "StateCorruptError",
     "StateError",
+    "StateLockedError",
     "TransferError",
     "UnsafeKeyError",
     "UploadError",
@@ -111,5 +119,42 @@ class LocalFileError(S3SyncError):
     """A local file vanished, is unreadable, or the target cannot be written."""
 
 
+class FileChangedError(LocalFileError):
+    """The file changed (or was replaced) while it was read: what was read is discarded."""
+
+
+class NotRegularFileError(LocalFileError):
+    """The path names a symlink, FIFO, socket, device or folder, not a regular file; ``kind`` says which."""
+
+    def __init__(self, message: str, *, kind: str, path: str) -> None:
+        super().__init__(message, path=path, kind=kind)
+        self.kind = kind
+
+
 class StateError(S3SyncError):
     """The state database cannot be opened or is corrupt."""
+
+
+class StateCorruptError(StateError):
+    """The state file is not a SQLite database, or fails ``PRAGMA quick_check``.
+
+    A configuration-like error (exit 2): nothing works until an operator acts, and the message
+    says how (``s3sync state rebuild``).
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message, path=path)
+        self.path = path
+
+
+class StateLockedError(StateError):
+    """Another s3sync process (``pid``, when known) holds the exclusive lock of the state database."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str, pid: int | None) -> None:
+        super().__init__(message, path=path, pid=pid)
+        self.path = path
+        self.pid = pid

@@ -29,7 +29,7 @@ from s3sync.metrics import Metrics, MetricsServer
 from s3sync.mirror import Mirror, MirrorReport
 from s3sync.notify import Notifier, WatchdogPinger
 from s3sync.settings import Settings
-from s3sync.state import State
+from s3sync.state import State, StateNamespace
 from s3sync.transport import PENDING_MULTIPART, RemoteObject, Transport
 from s3sync.uploader import Uploader
 
@@ -81,7 +81,8 @@ class Service:
         self.metrics = Metrics(enabled=bool(settings.metrics_addr))
         self._on_result_extra = on_result
         # A dry run must change nothing, not even create the state database.
-        self.state = State(settings.state_path, read_only=read_only)
+        # Bound to these settings: another bucket's or folder's records are dropped (dry run: ignored).
+        self.state = State(settings.state_path, read_only=read_only, namespace=StateNamespace.of(settings))
         self.transport = transport if transport is not None else Transport(settings, tracker=self.state)
         if self.transport.tracker is None:
             self.transport.tracker = self.state

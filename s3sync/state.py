@@ -8,20 +8,46 @@ crash), and every write is its own short transaction.
 
 One connection, shared by threads behind a lock: SQLite serialises writers anyway and our
 transactions are tiny.
+
+A state belongs to one :class:`StateNamespace` (endpoint, bucket, key naming, folders),
+recorded in the ``meta`` table. Opened for other settings, the records that would lie are
+dropped, once, with one ``state.namespace_changed`` event: upload records when the endpoint,
+bucket, key naming or upload folder differ (another bucket never reuses this one's "already
+uploaded"), mirror records when the endpoint, bucket or mirror folder differ (the mirror then
+adopts local files whose content matches their objects, so nothing is downloaded again).
+
+At open, a file that is not SQLite, or fails ``PRAGMA quick_check``, raises
+:class:`StateCorruptError` (one line that names ``s3sync state rebuild``), never a traceback.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from s3sync.errors import StateError
+import structlog
 
-__all__ = ["MirrorRecord", "State", "UploadRecord"]
+from s3sync.errors import StateCorruptError, StateError
+
+if TYPE_CHECKING:
+    from s3sync.settings import Settings
+
+__all__ = ["MirrorRecord", "State", "StateNamespace", "UploadRecord", "namespace_changes"]
+
+log = structlog.get_logger("s3sync")
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_SQLITE_CORRUPT = 11  # primary result codes: the file is damaged / is not a database
+_SQLITE_NOTADB = 26
+_NAMESPACE = "namespace"  # the meta row that says what this state belongs to
+_RECOVER = "run `s3sync state rebuild` to set it aside and recreate the state from the bucket and the folders"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
@@ -57,6 +83,99 @@ CREATE TABLE IF NOT EXISTS meta (
 
 
 @dataclass(frozen=True, slots=True)
+class StateNamespace:
+    """What a state database belongs to: its records are true only for these settings."""
+
+    endpoint: str
+    bucket: str
+    key_template: str
+    category_map: str  # canonical JSON (sorted keys)
+    upload_dir: str
+    local_dir: str
+
+    #: The fields an upload record depends on (the key it went to, in which bucket, from which folder).
+    UPLOADS = ("endpoint", "bucket", "key_template", "category_map", "upload_dir")
+    #: The fields a mirror record depends on.
+    MIRROR = ("endpoint", "bucket", "local_dir")
+
+    @classmethod
+    def of(cls, settings: Settings) -> StateNamespace:
+        """The namespace of ``settings``. The embedded demo server counts as one endpoint, whatever its port."""
+        endpoint = "local-server" if settings.local_server else (settings.endpoint_url or "aws").rstrip("/")
+        return cls(
+            endpoint=endpoint,
+            bucket=settings.bucket_name or "",
+            key_template=settings.key_template,
+            category_map=json.dumps(settings.category_map, sort_keys=True, separators=(",", ":")),
+            upload_dir=os.path.realpath(settings.upload_dir_path),
+            local_dir=os.path.realpath(settings.local_path),
+        )
+
+    def to_json(self) -> str:
+        """The value stored in the ``meta`` table."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> StateNamespace | None:
+        """Parse a stored namespace; None for none, or for one this version cannot read."""
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            return cls(**{f.name: str(data[f.name]) for f in fields(cls)})
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def namespace_changes(old: StateNamespace | None, new: StateNamespace) -> tuple[bool, bool, list[str]]:
+    """``(uploads_stale, mirror_stale, changed_fields)`` when a state of ``old`` is opened for ``new``.
+
+    No recorded namespace (a state from before namespacing, or unreadable) makes every record
+    stale: nothing says which bucket it described.
+
+    >>> a = StateNamespace("aws", "staging", "{name}", "{}", "/u", "/m")
+    >>> namespace_changes(a, StateNamespace("aws", "production", "{name}", "{}", "/u", "/m"))
+    (True, True, ['bucket'])
+    >>> namespace_changes(a, StateNamespace("aws", "staging", "{name}", "{}", "/u", "/other"))
+    (False, True, ['local_dir'])
+    """
+    if old is None:
+        return True, True, ["unrecorded"]
+    changed = [f.name for f in fields(StateNamespace) if getattr(old, f.name) != getattr(new, f.name)]
+    uploads = any(name in StateNamespace.UPLOADS for name in changed)
+    mirror = any(name in StateNamespace.MIRROR for name in changed)
+    return uploads, mirror, changed
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in {_SQLITE_CORRUPT, _SQLITE_NOTADB}
+
+
+def _corrupt(path: Path, detail: str) -> StateCorruptError:
+    detail = " ".join(detail.split())[:160]
+    return StateCorruptError(
+        f"S3_STATE_PATH: the state database {str(path)!r} is corrupted ({detail}); {_RECOVER}", path=str(path)
+    )
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a file that is not SQLite before SQLite touches it (an empty file is a new database)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StateError(f"S3_STATE_PATH: cannot read {str(path)!r}: {exc.strerror}", path=str(path)) from None
+    if head and head != _SQLITE_MAGIC:
+        raise StateCorruptError(
+            f"S3_STATE_PATH: {str(path)!r} is not an s3sync state database (not a SQLite file); {_RECOVER}",
+            path=str(path),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class UploadRecord:
     """The last outcome for one upload-folder file."""
 
@@ -83,11 +202,18 @@ class MirrorRecord:
 
 
 class State:
-    """The state database at ``path`` (created with its folder when missing)."""
+    """The state database at ``path`` (created with its folder when missing).
 
-    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+    With ``namespace``, records of another namespace are dropped (read-only: hidden) at open.
+    """
+
+    def __init__(
+        self, path: Path | str, *, read_only: bool = False, namespace: StateNamespace | None = None
+    ) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._foreign_uploads = False  # read-only and another namespace's uploads: none apply
+        _check_header(self.path)
         try:
             if read_only:
                 uri = f"file:{self.path}?mode=ro" if self.path.exists() else "file::memory:"
@@ -97,13 +223,67 @@ class State:
                 self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
+            problems = [str(r[0]) for r in self._db.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                self._db.close()
+                raise _corrupt(self.path, "; ".join(problems[:3]))
             if not read_only or not self.path.exists():
                 self._db.executescript(_SCHEMA)
             self._db.execute("SELECT count(*) FROM uploads").fetchone()
         except sqlite3.Error as exc:
+            if _is_corruption(exc):
+                raise _corrupt(self.path, str(exc)) from None
             raise StateError(f"S3_STATE_PATH: cannot use {str(self.path)!r}: {exc}") from None
         except OSError as exc:
             raise StateError(f"S3_STATE_PATH: cannot create {str(self.path)!r}: {exc.strerror}") from None
+        if namespace is not None:
+            self._adopt(namespace, read_only=read_only)
+
+    def _adopt(self, new: StateNamespace, *, read_only: bool) -> None:
+        """Make the state belong to ``new``: drop the records another namespace left (see the module doc)."""
+        old = StateNamespace.from_json(self.get_meta(_NAMESPACE))
+        uploads_stale, mirror_stale, changed = namespace_changes(old, new)
+        if read_only:  # a dry run changes nothing: it just does not believe the other namespace
+            self._foreign_uploads = uploads_stale and (old is not None or self.count_uploads("uploaded") > 0)
+            return
+        if old == new:
+            return
+        with self._lock:
+            try:
+                with self._db:
+                    db = self._db
+                    uploads = db.execute("SELECT count(*) FROM uploads").fetchone()[0] if uploads_stale else 0
+                    mirror = db.execute("SELECT count(*) FROM mirror").fetchone()[0] if mirror_stale else 0
+                    if uploads_stale:
+                        db.execute("DELETE FROM uploads")
+                    if mirror_stale:
+                        db.execute("DELETE FROM mirror")
+                        db.execute("DELETE FROM meta WHERE name = 'last_mirror_ok'")
+                    # Multipart ids belong to the old bucket: aborting them in the new one would hit
+                    # nothing (or someone else's upload). Open ones there are left to its lifecycle rules.
+                    multipart = 0
+                    if old is None or (old.endpoint, old.bucket) != (new.endpoint, new.bucket):
+                        multipart = db.execute("SELECT count(*) FROM multipart").fetchone()[0]
+                        db.execute("DELETE FROM multipart")
+                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_NAMESPACE, new.to_json()))
+            except sqlite3.Error as exc:
+                raise self._error(exc) from None
+        if old is not None or uploads or mirror or multipart:
+            log.info(
+                "state.namespace_changed",
+                state=str(self.path),
+                changed=changed,
+                bucket=new.bucket,
+                endpoint=new.endpoint,
+                uploads_dropped=uploads,
+                mirror_dropped=mirror,
+                multipart_dropped=multipart,
+            )
+
+    def _error(self, exc: sqlite3.Error) -> StateError:
+        if _is_corruption(exc):
+            return _corrupt(self.path, str(exc))
+        return StateError(f"state database {str(self.path)!r}: {exc}")
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""
@@ -116,18 +296,20 @@ class State:
                 with self._db:
                     self._db.execute(sql, params)
             except sqlite3.Error as exc:
-                raise StateError(f"state database {str(self.path)!r}: {exc}") from None
+                raise self._error(exc) from None
 
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         with self._lock:
             try:
                 return list(self._db.execute(sql, params).fetchall())
             except sqlite3.Error as exc:
-                raise StateError(f"state database {str(self.path)!r}: {exc}") from None
+                raise self._error(exc) from None
 
     # --- uploads ---------------------------------------------------------------------------
     def get_upload(self, path: str) -> UploadRecord | None:
         """The record for an upload-folder path (relative), if any."""
+        if self._foreign_uploads:
+            return None
         rows = self._read(
             "SELECT path, status, size, mtime_ns, sha256, key, etag, reason FROM uploads WHERE path = ?", (path,)
         )
@@ -136,6 +318,8 @@ class State:
     def get_uploads(self, paths: list[str]) -> dict[str, UploadRecord]:
         """Records for many paths at once (one query per 500): the rescan's fast path."""
         out: dict[str, UploadRecord] = {}
+        if self._foreign_uploads:
+            return out
         for i in range(0, len(paths), 500):
             chunk = paths[i : i + 500]
             marks = ",".join("?" * len(chunk))
@@ -168,6 +352,8 @@ class State:
 
     def count_uploads(self, status: str) -> int:
         """How many upload records have ``status``."""
+        if self._foreign_uploads:
+            return 0
         value = self._read("SELECT count(*) FROM uploads WHERE status = ?", (status,))[0][0]
         return value if isinstance(value, int) else 0
 
@@ -254,6 +440,10 @@ class State:
     def set_meta(self, name: str, value: str) -> None:
         """Set a small named value."""
         self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+    def namespace(self) -> StateNamespace | None:
+        """The namespace this state belongs to (None: not recorded yet)."""
+        return StateNamespace.from_json(self.get_meta(_NAMESPACE))
 
     def next_pass(self) -> int:
         """A new mirror pass number (monotonic across restarts)."""
