@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import string
 import tempfile
 from collections.abc import Callable, Mapping
@@ -33,6 +34,7 @@ __all__ = [
     "ENV_PREFIX",
     "KEY_TEMPLATE_FIELDS",
     "Settings",
+    "default_data_dir",
     "default_settings",
     "load_settings",
     "set_default_settings_factory",
@@ -61,8 +63,62 @@ _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _MIB = 1024 * 1024
 
 
-def _default_root() -> Path:
-    return Path(tempfile.gettempdir()) / "s3sync"
+def _usable_home(uid: int) -> Path | None:
+    """The user's home folder if it is really theirs: absolute, a folder they own and can write."""
+    try:
+        home = Path.home()  # $HOME, else the password database
+    except (RuntimeError, KeyError):
+        return None
+    if not home.is_absolute():
+        return None
+    try:
+        st = home.stat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or not os.access(home, os.W_OK | os.X_OK):
+        return None
+    return home
+
+
+def _private_temp_root(uid: int) -> Path:
+    """``<temp>/s3sync-<uid>``, created 0700; refused unless it is this user's own private folder."""
+    root = Path(tempfile.gettempdir()) / f"s3sync-{uid}"
+    hint = "set S3_STATE_PATH, S3_UPLOAD_DIR_PATH and S3_LOCAL_PATH, or give the user a home folder"
+    try:
+        root.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigurationError(f"default folder {root}: cannot create it ({exc.strerror}); {hint}") from None
+    st = root.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o022:
+        raise ConfigurationError(
+            f"default folder {root} is not a private folder of uid {uid} (someone else made it); {hint}"
+        )
+    return root
+
+
+def _default_root(kind: Literal["state", "data"]) -> Path:
+    """Where unconfigured folders live: the user's own, never a folder shared by every user.
+
+    State: ``$XDG_STATE_HOME/s3sync`` (``~/.local/state/s3sync``); upload and mirror folders:
+    ``$XDG_DATA_HOME/s3sync`` (``~/.local/share/s3sync``). Without a usable home folder (a
+    system user, ``HOME=/``), ``<temp>/s3sync-<uid>``, private to the user.
+    """
+    var, under_home = ("XDG_STATE_HOME", ".local/state") if kind == "state" else ("XDG_DATA_HOME", ".local/share")
+    xdg = os.environ.get(var, "")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec: a relative value is invalid and ignored
+        return Path(xdg) / "s3sync"
+    uid = os.getuid()
+    home = _usable_home(uid)
+    if home is not None:
+        return home / under_home / "s3sync"
+    return _private_temp_root(uid)
+
+
+def default_data_dir() -> Path:
+    """This user's default folder for s3sync's data (the demo server keeps its bucket under it)."""
+    return _default_root("data")
 
 
 def _split_words(value: object) -> object:
@@ -95,8 +151,8 @@ class Settings(BaseSettings):
     bucket_name: str | None = Field(None, description="Bucket to sync with.")
     aws_access_key_id: SecretStr | None = Field(None, description="Access key; boto3's chain when unset.")
     aws_secret_access_key: SecretStr | None = Field(None, description="Secret key; boto3's chain when unset.")
-    local_path: Path = Field(default_factory=lambda: _default_root() / "mirror", description="Mirror folder.")
-    upload_dir_path: Path = Field(default_factory=lambda: _default_root() / "upload", description="Watched.")
+    local_path: Path = Field(default_factory=lambda: _default_root("data") / "mirror", description="Mirror folder.")
+    upload_dir_path: Path = Field(default_factory=lambda: _default_root("data") / "upload", description="Watched.")
     aws_base_url: str = Field("https://s3.amazonaws.com/", description="Base of public URLs.")
     category_map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_CATEGORY_MAP))
 
@@ -126,7 +182,7 @@ class Settings(BaseSettings):
     rejected_dir: Path | None = None
     after_upload: Literal["keep", "move", "delete"] = "keep"
     done_dir: Path | None = None
-    state_path: Path = Field(default_factory=lambda: _default_root() / "state.db")
+    state_path: Path = Field(default_factory=lambda: _default_root("state") / "state.db")
     rescan_interval: float = Field(60.0, gt=0, le=86400)
     max_concurrency: int = Field(8, ge=1, le=128)
     retry_base: float = Field(1.0, gt=0, le=600, description="First retry delay of a failed transfer.")
@@ -252,7 +308,10 @@ class Settings(BaseSettings):
             text = os.fspath(v)
             if "\x00" in str(text):
                 raise ValueError("must not contain a NUL character")
-            return Path(text).expanduser()
+            try:
+                return Path(text).expanduser()
+            except RuntimeError:  # "~someone" with no such user
+                raise ValueError("starts with '~' but that user's home folder is unknown") from None
         return v
 
     @field_validator("local_path", "upload_dir_path", "state_path", "rejected_dir", "done_dir", "ca_bundle")

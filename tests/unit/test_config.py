@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -18,16 +16,21 @@ SECRET = "TopSecretValue-0123456789abcdef"
 
 
 def test_defaults(monkeypatch, tmp_path):
-    """Defaults follow the issue: base URL, category map, key template, extensions, temp folders."""
+    """Defaults follow the issue: base URL, category map, key template, extensions, the user's folders."""
     monkeypatch.chdir(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
     s = load_settings()
     assert s.aws_base_url == "https://s3.amazonaws.com/"
     assert s.category_map == dict(DEFAULT_CATEGORY_MAP)
     assert s.key_template == "{category}/{folder}/{name}"
     assert s.allowed_extensions == {"jpg", "jpeg", "png", "gif", "svg", "webp", "tif", "tiff", "bmp"}
-    tmp = Path(tempfile.gettempdir())
-    assert tmp in s.upload_dir_path.parents
-    assert tmp in s.local_path.parents
+    assert s.upload_dir_path == home / ".local/share/s3sync/upload"
+    assert s.local_path == home / ".local/share/s3sync/mirror"
+    assert s.state_path == home / ".local/state/s3sync/state.db"
     assert s.upload_dir_path != s.local_path
     assert s.bucket_name is None
     assert s.aws_access_key_id is None
