@@ -10,6 +10,7 @@ knows the exit code the command line maps it to (``1``: an item failed,
     ├── UnsafeKeyError               exit 1   a bucket key cannot be a safe local path (also ValueError)
     ├── NotFoundError                exit 1   an object or prefix is not in the bucket
     ├── EndpointError                exit 1   the S3 endpoint cannot be reached or refuses us
+    ├── ListingError                 exit 1   a listing cannot be complete (truncated without a token, a key twice...)
     ├── TransferError                exit 1   an upload or download failed
     │   ├── UploadError
     │   ├── DownloadError
@@ -35,6 +36,7 @@ __all__ = [
     "FileChangedError",
     "IntegrityError",
     "InvalidNameError",
+    "ListingError",
     "LocalFileError",
     "NotFoundError",
     "NotRegularFileError",
@@ -97,6 +99,14 @@ class NotFoundError(S3SyncError):
 
 class EndpointError(S3SyncError):
     """The endpoint cannot be reached, times out, or rejects our credentials."""
+
+
+class ListingError(S3SyncError):
+    """A listing answer that cannot belong to a complete listing: nothing may be concluded from it.
+
+    ``IsTruncated`` without a continuation token, a key listed twice, or keys out of order: a
+    mirror that took such a listing as complete would delete files whose objects still exist.
+    """
 
 
 class TransferError(S3SyncError):

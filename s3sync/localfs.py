@@ -19,6 +19,7 @@ import ctypes
 import errno
 import functools
 import hashlib
+import itertools
 import os
 import queue
 import random
@@ -46,6 +47,7 @@ __all__ = [
     "FileHashes",
     "hash_file",
     "lstat_under",
+    "move_no_replace",
     "open_dir_under",
     "remove_under",
     "sweep_temp_files",
@@ -88,12 +90,18 @@ class FileHashes:
 
 
 def hash_file(path: Path | str, *, md5: bool = True) -> FileHashes:
-    """Hash a file in one pass (``md5`` may be skipped: it is the slower of the two)."""
+    """Hash a regular file in one pass (``md5`` may be skipped: it is the slower of the two).
+
+    A symlink is not followed and a FIFO or device is never read (:class:`LocalFileError`).
+    """
     sha = hashlib.sha256()
     m = hashlib.md5(usedforsecurity=False) if md5 else None
     size = 0
     try:
-        with open(path, "rb", buffering=0) as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb", buffering=0) as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise LocalFileError(f"{os.fspath(path)!r} is not a regular file", path=str(path))
             while chunk := f.read(_CHUNK):
                 sha.update(chunk)
                 if m is not None:
@@ -179,6 +187,101 @@ def remove_under(root: Path, segments: Sequence[str]) -> bool:
         raise LocalFileError(f"cannot remove {'/'.join(segments)!r}: {exc.strerror}", path=str(root)) from exc
     finally:
         os.close(fd)
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _load_renameat2()
+
+
+def _rename_no_replace(src: Path, dir_fd: int, name: str) -> None:
+    """Rename ``src`` to ``name`` in the folder ``dir_fd``; FileExistsError when that name is taken.
+
+    ``renameat2(RENAME_NOREPLACE)`` where the kernel and file system have it, else a hard link
+    (which never replaces) and an unlink, else (another file system) an exclusive copy.
+    """
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, os.fsencode(src), dir_fd, os.fsencode(name), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in {errno.EINVAL, errno.ENOSYS, errno.EXDEV}:
+            raise OSError(err, os.strerror(err), str(src))
+    try:
+        os.link(src, name, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in {errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP}:
+            raise
+        _copy_exclusive(src, dir_fd, name)
+    os.unlink(src)  # noqa: PTH108 - the durable-write path speaks os.*
+
+
+def _copy_exclusive(src: Path, dir_fd: int, name: str) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    try:
+        with open(os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+            while chunk := f.read(_CHUNK):
+                os.write(fd, chunk)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        fd = -1
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)
+        raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def unique_names(name: str) -> Iterator[str]:
+    """``name``, then ``stem.1.ext``, ``stem.2.ext``, ... (the names tried for a file that must not overwrite).
+
+    >>> list(itertools.islice(unique_names("IMG_1234.JPG"), 3))
+    ['IMG_1234.JPG', 'IMG_1234.1.JPG', 'IMG_1234.2.JPG']
+    """
+    stem, dot, ext = name.rpartition(".")
+    if not stem:  # no extension, or a dot file
+        stem, dot, ext = name, "", ""
+    yield name
+    for n in itertools.count(1):
+        yield f"{stem}.{n}{dot}{ext}"
+
+
+def move_no_replace(src: Path, root: Path, segments: Sequence[str], *, attempts: int = 10_000) -> Path:
+    """Move ``src`` to ``root/segments``, never over an existing file: a taken name gets a suffix.
+
+    Folders below ``root`` are created and walked without following symlinks. Returns the path
+    the file now has.
+    """
+    if not segments:
+        raise LocalFileError("empty target path", path=str(root))
+    fd = open_dir_under(root, segments[:-1], create=True)
+    try:
+        for name in itertools.islice(unique_names(segments[-1]), attempts):
+            try:
+                _rename_no_replace(src, fd, name)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise LocalFileError(f"cannot move {str(src)!r}: {exc.strerror}", path=str(src)) from exc
+            with contextlib.suppress(OSError):
+                os.fsync(fd)
+            return root.joinpath(*segments[:-1], name)
+    finally:
+        os.close(fd)
+    raise LocalFileError(f"cannot move {str(src)!r}: no free name under {str(root)!r}", path=str(src))
 
 
 class OrderedHasher:

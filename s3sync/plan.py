@@ -19,6 +19,8 @@ from s3sync.paths import TEMP_PREFIX, is_directory_marker, key_to_relpath
 
 __all__ = [
     "IGNORED_PATTERNS",
+    "VERDICT_STATUSES",
+    "WRITER_GRACE_SECONDS",
     "LocalStat",
     "MirrorAction",
     "MirrorDecision",
@@ -45,10 +47,25 @@ def is_ignored_name(name: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class LocalStat:
-    """The parts of a file's stat that decide whether it changed."""
+    """The parts of a file's stat that decide whether it changed.
+
+    ``ctime_ns`` and ``ino`` are 0 where unknown (records written before they were kept): then
+    only size and mtime are compared. ``cp -p`` restores size and mtime but not the ctime, so a
+    rewritten file is told from an untouched one only with them.
+    """
 
     size: int
     mtime_ns: int
+    ctime_ns: int = 0
+    ino: int = 0
+
+    def same_file(self, other: LocalStat) -> bool:
+        """True when ``other`` is this very file, unchanged (fields unknown on either side are not compared)."""
+        if (self.size, self.mtime_ns) != (other.size, other.mtime_ns):
+            return False
+        if self.ctime_ns and other.ctime_ns and self.ctime_ns != other.ctime_ns:
+            return False
+        return not (self.ino and other.ino and self.ino != other.ino)
 
 
 class UploadAction(enum.Enum):
@@ -57,23 +74,41 @@ class UploadAction(enum.Enum):
     UPLOAD = "upload"  # new, or changed since it was uploaded
     SKIP = "skip"  # uploaded before with this exact stat
     VERIFY = "verify"  # stat changed: hash it and compare with the uploaded hash
-    IGNORE_REJECTED = "ignore-rejected"  # rejected before and unchanged since
+    IGNORE_REJECTED = "ignore-rejected"  # rejected (or in conflict) before, unchanged since, same rules
+
+
+#: Record statuses that hold a verdict rather than an upload: re-examined when the file or the rules change.
+VERDICT_STATUSES = frozenset({"rejected", "conflict"})
 
 
 def plan_upload(
     local: LocalStat,
     record_status: str | None,
     record: LocalStat | None,
+    *,
+    record_rules: str | None = None,
+    rules: str | None = None,
 ) -> UploadAction:
-    """Decide for one file from its stat and its state record (None: never seen)."""
-    if record_status is None or record is None:
+    """Decide for one file from its stat and its state record (None: never seen).
+
+    ``rules`` is the fingerprint of the settings that decide a verdict (naming, rejected folder,
+    conflict policy); a rejection or conflict recorded under other rules (``record_rules``) is
+    looked at again. A record of a file that is gone (moved or deleted after its upload) never
+    makes a new file at that path skip: the new file is uploaded.
+    """
+    if record_status is None or record is None or record_status == "gone":
         return UploadAction.UPLOAD
-    same = local == record
-    if record_status == "rejected":
-        return UploadAction.IGNORE_REJECTED if same else UploadAction.UPLOAD
+    same = local.same_file(record)
+    if record_status in VERDICT_STATUSES:
+        return UploadAction.IGNORE_REJECTED if same and record_rules == rules else UploadAction.UPLOAD
     if same:
         return UploadAction.SKIP
     return UploadAction.VERIFY if local.size == record.size else UploadAction.UPLOAD
+
+
+#: A file seen written to but never closed is uploaded after this long unchanged all the same:
+#: a close event the kernel dropped (inotify queue overflow) must not hold a file back for ever.
+WRITER_GRACE_SECONDS = 3600.0
 
 
 def ready_to_upload(
@@ -82,16 +117,24 @@ def ready_to_upload(
     age_seconds: float,
     stable_seconds: float,
     settle_seconds: float,
+    writing: bool = False,
+    close_events: bool = False,
 ) -> bool:
     """Whether a file is complete enough to upload.
 
     ``closed`` (close after write) and ``moved`` (renamed into the folder) mean complete.
-    Otherwise the file must have been unchanged for ``settle_seconds``: either its mtime is
-    that old, or we watched its size and mtime stay put that long.
+    Where close events are seen (``close_events``, inotify), a file seen created or written and
+    not closed since (``writing``) is not complete, whatever its age: a writer may only be
+    pausing (up to :data:`WRITER_GRACE_SECONDS` unchanged). Otherwise the file must have been
+    unchanged for ``settle_seconds``: either its mtime is that old, or we watched its size,
+    mtime and ctime stay put that long.
     """
-    if hint in {"closed", "moved"}:
+    if hint in {"closed", "moved"} and not writing:
         return True
-    return max(age_seconds, stable_seconds) >= settle_seconds
+    unchanged = max(age_seconds, stable_seconds)
+    if writing and close_events:
+        return stable_seconds >= max(settle_seconds, WRITER_GRACE_SECONDS)
+    return unchanged >= settle_seconds
 
 
 class MirrorAction(enum.Enum):

@@ -43,7 +43,9 @@ from s3sync.errors import (
     ConfigurationError,
     DownloadError,
     EndpointError,
+    FileChangedError,
     IntegrityError,
+    ListingError,
     LocalFileError,
     NotFoundError,
     S3SyncError,
@@ -53,9 +55,10 @@ from s3sync.errors import (
 from s3sync.fastpath import FastPath, StaticKeys, parse_iso_timestamp
 from s3sync.localfs import AtomicWriter, CommitGroup, Durable, OrderedHasher, hash_file, lstat_under
 from s3sync.paths import key_to_relpath
-from s3sync.plan import download_range_size
+from s3sync.plan import LocalStat, download_range_size
 from s3sync.resource import Resource
 from s3sync.settings import Settings, default_settings
+from s3sync.sourcefile import SourceFile
 
 if TYPE_CHECKING:
     from botocore.config import Config
@@ -132,6 +135,8 @@ class UploadResult:
     duration_ms: int
     size: int = 0
     mtime_ns: int = 0
+    #: The file as it was read (size, mtime, ctime, inode): the bytes sent are this file's.
+    source: LocalStat | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,10 +348,6 @@ class MultipartTracker(Protocol):
     def remove_multipart(self, upload_id: str) -> None: ...
 
 
-class _FileChangedError(LocalFileError):
-    """The file changed while we read it: the upload is redone."""
-
-
 class Transport:
     """Upload and download resources; ``Transport()`` reads settings from the environment.
 
@@ -475,8 +476,16 @@ class Transport:
         )
 
     def list_pages(self, prefix: str = "") -> Iterator[list[RemoteObject]]:
-        """Stream the bucket's objects under ``prefix`` one page (up to 1,000) at a time."""
+        """Stream the bucket's objects under ``prefix`` one page (up to 1,000) at a time.
+
+        Only a listing that can be whole ends normally: a page that says it is truncated but
+        gives no continuation token, a key listed twice, or keys out of order (S3 lists in
+        UTF-8 byte order, which is code point order) raise :class:`ListingError`, so that no
+        caller concludes from it that an object is gone.
+        """
         token: str | None = None
+        last: str | None = None
+        pages = 0
         while True:
             kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": 1000}
             if token:
@@ -489,7 +498,8 @@ class Transport:
                     resp = self.client.list_objects_v2(**kwargs)
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
                 raise translate(exc, action="LIST", bucket=self.bucket, key=prefix or None) from exc
-            yield [
+            pages += 1
+            page = [
                 RemoteObject(
                     key=o["Key"],
                     size=int(o.get("Size", 0)),
@@ -498,9 +508,21 @@ class Transport:
                 )
                 for o in resp.get("Contents", [])
             ]
+            for obj in page:
+                if last is not None and obj.key <= last:
+                    how = "twice" if obj.key == last else f"out of order (after {last!r})"
+                    raise self._broken_listing(prefix, pages, f"key {obj.key!r} listed {how}")
+                last = obj.key
+            yield page
             token = resp.get("NextContinuationToken")
-            if not resp.get("IsTruncated") or not token:
+            if not resp.get("IsTruncated"):
                 return
+            if not token:
+                raise self._broken_listing(prefix, pages, "the page is truncated but gives no continuation token")
+
+    def _broken_listing(self, prefix: str, page: int, why: str) -> ListingError:
+        where = f"s3://{self.bucket}/{prefix}"
+        return ListingError(f"LIST {where}: incomplete listing: {why} (page {page})", bucket=self.bucket, key=prefix)
 
     def confirm(self, key: str, size: int, sha256: str, etag: str) -> bool:
         """Check with a HEAD that ``key`` holds exactly this content (before moving/deleting the source)."""
@@ -518,41 +540,40 @@ class Transport:
         item: Resource | str | os.PathLike[str],
         *,
         remote: RemoteObject | _Unknown | None = UNKNOWN,
+        change_retries: int = _CHANGE_RETRIES,
+        progress: Callable[[], None] | None = None,
     ) -> UploadResult:
         """Upload a resource (by :class:`Resource`, name in the upload folder, or path) to its key.
 
         Makes no PUT when the bucket already holds the same bytes (``result.skipped``). Pass
-        ``remote`` (from a listing, or None for "absent") to save the HEAD. If the file changes
-        while it is read, the upload is redone with the new content.
+        ``remote`` (from a listing, or None for "absent") to save the HEAD. The file is opened
+        once per attempt (a symlink is refused, a FIFO never blocks: :class:`NotRegularFileError`)
+        and everything hashed and sent is read from that descriptor. If the file changes while it
+        is read (size, mtime, ctime or inode; a short read), the attempt is discarded (a multipart
+        upload is aborted before it completes) and redone, up to ``change_retries`` attempts in
+        all; then :class:`FileChangedError`. ``progress`` is called as the file is read and sent.
         """
         path, res = self._resolve_upload(item)
-        for _ in range(_CHANGE_RETRIES):
+        for _ in range(max(1, change_retries) - 1):
             try:
-                return self._upload_once(path, res, remote)
-            except _FileChangedError:
+                return self._upload_once(path, res, remote, progress)
+            except FileChangedError:
                 remote = UNKNOWN
-                continue
-        raise UploadError(f"{str(path)!r} keeps changing while it is uploaded; try again later", path=str(path))
+        return self._upload_once(path, res, remote, progress)
 
-    def _upload_once(self, path: Path, res: Resource, remote: RemoteObject | _Unknown | None) -> UploadResult:
+    def _upload_once(
+        self,
+        path: Path,
+        res: Resource,
+        remote: RemoteObject | _Unknown | None,
+        progress: Callable[[], None] | None,
+    ) -> UploadResult:
         started = time.monotonic()
-        try:
-            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in finally, shared by part threads
-        except FileNotFoundError as exc:
-            raise LocalFileError(f"{str(path)!r} does not exist (vanished?)", path=str(path)) from exc
-        except OSError as exc:
-            raise LocalFileError(f"cannot read {str(path)!r}: {exc.strerror}", path=str(path)) from exc
-        try:
-            st = os.fstat(f.fileno())
-            if st.st_size < self.settings.multipart_threshold:
-                result = self._put_small(f, st, path, res, remote)
+        with SourceFile(path) as src:
+            if src.size < self.settings.multipart_threshold:
+                result = self._put_small(src, path, res, remote)
             else:
-                result = self._put_multipart(f, st, path, res, remote)
-            after = os.fstat(f.fileno())
-            if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or _changed_on_disk(path, st):
-                raise _FileChangedError(f"{str(path)!r} changed during upload", path=str(path))
-        finally:
-            f.close()
+                result = self._put_multipart(src, path, res, remote, progress)
         ms = int((time.monotonic() - started) * 1000)
         return UploadResult(
             key=result.key,
@@ -563,19 +584,20 @@ class Transport:
             skipped=result.skipped,
             multipart=result.multipart,
             duration_ms=ms,
-            size=st.st_size,
-            mtime_ns=st.st_mtime_ns,
+            size=src.size,
+            mtime_ns=src.identity.mtime_ns,
+            source=src.identity,
         )
 
     def _remote(self, key: str, remote: RemoteObject | _Unknown | None) -> RemoteObject | None:
         return self.head(key) if isinstance(remote, _Unknown) else remote
 
     def _put_small(
-        self, f: Any, st: os.stat_result, path: Path, res: Resource, remote: RemoteObject | _Unknown | None
+        self, src: SourceFile, path: Path, res: Resource, remote: RemoteObject | _Unknown | None
     ) -> UploadResult:
-        data = f.read()
-        if len(data) != st.st_size:
-            raise _FileChangedError(f"{str(path)!r} changed while read", path=str(path))
+        data = src.read_all()
+        # Hashed and sent from these very bytes; the check says they are the file as it was opened.
+        src.check_unchanged()
         md5 = hashlib.md5(data, usedforsecurity=False)
         sha = hashlib.sha256(data).hexdigest()
         known = self._remote(res.key, remote)
@@ -613,17 +635,21 @@ class Transport:
         return UploadResult(res.key, path, len(data), sha, etag, False, False, 0)
 
     def _put_multipart(
-        self, f: Any, st: os.stat_result, path: Path, res: Resource, remote: RemoteObject | _Unknown | None
+        self,
+        src: SourceFile,
+        path: Path,
+        res: Resource,
+        remote: RemoteObject | _Unknown | None,
+        progress: Callable[[], None] | None,
     ) -> UploadResult:
-        size = st.st_size
+        size = src.size
         if self._client is None:
             # CreateMultipartUpload needs botocore's client (about 0.4 s to import and build): let
             # a part thread build it while this one hashes the file (hashlib runs without the GIL).
             with contextlib.suppress(RuntimeError):  # the pool is shut down: the transport is closing
                 self._parts.submit(lambda: self.client)
-        sha = hash_file(path, md5=False)
-        if sha.size != size:
-            raise _FileChangedError(f"{str(path)!r} changed while hashed", path=str(path))
+        sha = src.hashes(md5=False, progress=progress)
+        src.check_unchanged()
         known = self._remote(res.key, remote)
         if known is not None and known.size == size and known.sha256 is None:
             known = self.head(res.key)
@@ -665,7 +691,7 @@ class Transport:
         with self._lock:
             self._active_uploads.add(upload_id)
         try:
-            return self._send_parts(f, path, res, sha.sha256, size, chunk, nparts, upload_id)
+            return self._send_parts(src, path, res, sha.sha256, size, chunk, nparts, upload_id, progress)
         finally:
             with self._lock:
                 self._active_uploads.discard(upload_id)
@@ -703,15 +729,22 @@ class Transport:
         return True
 
     def _send_parts(
-        self, f: Any, path: Path, res: Resource, sha256: str, size: int, chunk: int, nparts: int, upload_id: str
+        self,
+        src: SourceFile,
+        path: Path,
+        res: Resource,
+        sha256: str,
+        size: int,
+        chunk: int,
+        nparts: int,
+        upload_id: str,
+        progress: Callable[[], None] | None,
     ) -> UploadResult:
-        fd = f.fileno()
-
         def send_part(number: int) -> tuple[int, str, bytes]:
             if self._closed.is_set():
                 raise UploadError("transport closed", key=res.key)
             offset = (number - 1) * chunk
-            data = os.pread(fd, min(chunk, size - offset), offset)
+            data = src.pread_exact(offset, min(chunk, size - offset))  # short: changed, the upload is aborted
             digest = hashlib.md5(data, usedforsecurity=False).digest()
             resp: Mapping[str, Any]
             if self.fast is not None:
@@ -728,12 +761,17 @@ class Transport:
             etag = _unquote(resp.get("ETag"))
             if len(etag) == 32 and etag != digest.hex():
                 raise IntegrityError(f"part {number} of {res.key}: ETag mismatch", key=res.key)
+            if progress is not None:
+                progress()
             return number, etag, digest
 
         futures: list[Future[tuple[int, str, bytes]]] = []
         try:
             futures.extend(self._parts.submit(send_part, n) for n in range(1, nparts + 1))
             parts = self._collect_parts(futures, res.key)
+            # The SHA-256 in the metadata was computed before the parts were read: only a file
+            # unchanged since the open (ctime included: cp -p) proves they are the same bytes.
+            src.check_unchanged()
             resp = self.client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=res.key,
@@ -1095,12 +1133,3 @@ def _range_start(content_range: str | None) -> int | None:
     spec = content_range.strip().removeprefix("bytes").strip()
     start = spec.partition("-")[0]
     return int(start) if start.isdigit() else None
-
-
-def _changed_on_disk(path: Path, st: os.stat_result) -> bool:
-    """True if ``path`` now names a different file (replaced by a rename) or is gone."""
-    try:
-        now = os.stat(path)
-    except OSError:
-        return False  # vanished after a complete read: the bytes we sent were consistent
-    return (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev)
