@@ -379,7 +379,8 @@ def _parse_listing(raw: bytes) -> dict[str, Any]:
             for o in contents
         ],
         "IsTruncated": fields.get("IsTruncated", "").strip().lower() == "true",
-        "NextContinuationToken": fields.get("NextContinuationToken") or None,
+        # A blank token is no token: the caller then refuses a truncated page instead of looping.
+        "NextContinuationToken": fields.get("NextContinuationToken", "").strip() or None,
     }
 
 

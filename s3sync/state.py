@@ -191,7 +191,14 @@ class UploadRecord:
 
 @dataclass(frozen=True, slots=True)
 class MirrorRecord:
-    """A file the mirror wrote: the object it came from and the local file's stat."""
+    """A mirrored key: the object it came from and the stat of the local file at its path.
+
+    ``owned`` says who the local file belongs to: s3sync wrote it (``True``; its bytes are
+    ``sha256`` when known, else those of the object whose MD5 ETag is ``etag``), or a person
+    changed or created it and the mirror keeps it (``False``; the stat is theirs, noted so that
+    the file is not hashed again while it stays as it is). Only an owned file whose stat (or
+    content) is still what s3sync wrote may be replaced or deleted.
+    """
 
     key: str
     size: int
@@ -199,6 +206,47 @@ class MirrorRecord:
     local_size: int
     local_mtime_ns: int
     seen_pass: int
+    local_ino: int = 0
+    local_ctime_ns: int = 0
+    sha256: str | None = None
+    #: The object's LastModified, in microseconds since the epoch (None: not known).
+    last_modified_us: int | None = None
+    owned: bool = True
+
+
+#: Columns added to ``mirror`` after its first version: (name, declaration, value for an old read-only state).
+_MIRROR_ADDED = (
+    ("local_ino", "INTEGER NOT NULL DEFAULT 0", "0"),
+    ("local_ctime_ns", "INTEGER NOT NULL DEFAULT 0", "0"),
+    ("sha256", "TEXT", "NULL"),
+    ("last_modified_us", "INTEGER", "NULL"),
+    ("owned", "INTEGER NOT NULL DEFAULT 1", "1"),
+)
+_MIRROR_BASE = "key, size, etag, local_size, local_mtime_ns, seen_pass"
+
+
+def _mirror_columns(db: sqlite3.Connection) -> str:
+    """Add the newer ``mirror`` columns to an older state; the SELECT list for a MirrorRecord.
+
+    A state opened read-only keeps its old table: the missing columns read as their defaults.
+    """
+    have = {str(row[1]) for row in db.execute("PRAGMA table_info(mirror)")}
+    columns = [_MIRROR_BASE]
+    for name, declaration, default in _MIRROR_ADDED:
+        if name not in have:
+            try:
+                with db:
+                    db.execute(f"ALTER TABLE mirror ADD COLUMN {name} {declaration}")
+            except sqlite3.OperationalError:  # read-only
+                columns.append(f"{default} AS {name}")
+                continue
+        columns.append(name)
+    return ", ".join(columns)
+
+
+def _mirror_record(row: tuple[object, ...]) -> MirrorRecord:
+    *fields_, owned = row
+    return MirrorRecord(*fields_, owned=bool(owned))  # type: ignore[arg-type,misc]
 
 
 class State:
@@ -230,6 +278,7 @@ class State:
             if not read_only or not self.path.exists():
                 self._db.executescript(_SCHEMA)
             self._db.execute("SELECT count(*) FROM uploads").fetchone()
+            self._mirror_select = _mirror_columns(self._db)
         except sqlite3.Error as exc:
             if _is_corruption(exc):
                 raise _corrupt(self.path, str(exc)) from None
@@ -372,11 +421,9 @@ class State:
 
     # --- mirror ----------------------------------------------------------------------------
     def get_mirror(self, key: str) -> MirrorRecord | None:
-        """The record of a mirrored key, if the mirror wrote it."""
-        rows = self._read(
-            "SELECT key, size, etag, local_size, local_mtime_ns, seen_pass FROM mirror WHERE key = ?", (key,)
-        )
-        return MirrorRecord(*rows[0]) if rows else None  # type: ignore[arg-type]
+        """The record of a mirrored key, if any."""
+        rows = self._read(f"SELECT {self._mirror_select} FROM mirror WHERE key = ?", (key,))  # noqa: S608 - fixed column list
+        return _mirror_record(rows[0]) if rows else None
 
     def get_mirrors(self, keys: list[str]) -> dict[str, MirrorRecord]:
         """Records for many keys at once (one query per 500): a listing page at a time."""
@@ -385,21 +432,54 @@ class State:
             chunk = keys[i : i + 500]
             marks = ",".join("?" * len(chunk))
             rows = self._read(
-                f"SELECT key, size, etag, local_size, local_mtime_ns, seen_pass FROM mirror WHERE key IN ({marks})",  # noqa: S608 - only placeholders are interpolated
+                f"SELECT {self._mirror_select} FROM mirror WHERE key IN ({marks})",  # noqa: S608 - only placeholders and a fixed column list
                 tuple(chunk),
             )
             for row in rows:
-                rec = MirrorRecord(*row)  # type: ignore[arg-type]
+                rec = _mirror_record(row)
                 out[rec.key] = rec
         return out
 
     def record_mirrored(
-        self, key: str, size: int, etag: str, local_size: int, local_mtime_ns: int, seen_pass: int
+        self,
+        key: str,
+        size: int,
+        etag: str,
+        local_size: int,
+        local_mtime_ns: int,
+        seen_pass: int,
+        *,
+        local_ino: int = 0,
+        local_ctime_ns: int = 0,
+        sha256: str | None = None,
+        last_modified_us: int | None = None,
+        owned: bool = True,
     ) -> None:
-        """Remember that the mirror wrote ``key``'s content to its local path."""
+        """Remember what is at ``key``'s local path: what the mirror wrote (``owned``), or a person's file it keeps."""
         self._write(
-            "INSERT OR REPLACE INTO mirror VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key, size, etag, local_size, local_mtime_ns, seen_pass, time.time()),
+            "INSERT OR REPLACE INTO mirror (key, size, etag, local_size, local_mtime_ns, seen_pass, updated, "
+            "local_ino, local_ctime_ns, sha256, last_modified_us, owned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                size,
+                etag,
+                local_size,
+                local_mtime_ns,
+                seen_pass,
+                time.time(),
+                local_ino,
+                local_ctime_ns,
+                sha256,
+                last_modified_us,
+                int(owned),
+            ),
+        )
+
+    def set_mirror_sha256(self, key: str, sha256: str, local_ino: int, local_mtime_ns: int) -> None:
+        """Add the SHA-256 of what the mirror wrote, learnt after its record (only if that file is still the one)."""
+        self._write(
+            "UPDATE mirror SET sha256 = ? WHERE key = ? AND owned = 1 AND local_ino = ? AND local_mtime_ns = ?",
+            (sha256, key, local_ino, local_mtime_ns),
         )
 
     def mark_seen(self, keys: list[str], seen_pass: int) -> None:
@@ -416,20 +496,27 @@ class State:
     def unseen_mirrored(self, seen_pass: int, prefix: str, limit: int) -> list[MirrorRecord]:
         """Mirrored keys under ``prefix`` that pass ``seen_pass`` did not list (deletion candidates)."""
         rows = self._read(
-            "SELECT key, size, etag, local_size, local_mtime_ns, seen_pass FROM mirror "
+            f"SELECT {self._mirror_select} FROM mirror "  # noqa: S608 - fixed column list
             "WHERE seen_pass < ? AND substr(key, 1, ?) = ? ORDER BY key LIMIT ?",
             (seen_pass, len(prefix), prefix, limit),
         )
-        return [MirrorRecord(*r) for r in rows]  # type: ignore[arg-type]
+        return [_mirror_record(r) for r in rows]
 
     def forget_mirrored(self, key: str) -> None:
-        """Drop a mirror record (its file was deleted)."""
+        """Drop a mirror record (its file was deleted, or is no longer the mirror's)."""
         self._write("DELETE FROM mirror WHERE key = ?", (key,))
 
     def iter_mirrored(self) -> Iterator[MirrorRecord]:
         """Every mirror record (for consistency checks)."""
-        for r in self._read("SELECT key, size, etag, local_size, local_mtime_ns, seen_pass FROM mirror"):
-            yield MirrorRecord(*r)  # type: ignore[arg-type]
+        for r in self._read(f"SELECT {self._mirror_select} FROM mirror"):  # noqa: S608 - fixed column list
+            yield _mirror_record(r)
+
+    def count_kept_local(self) -> int:
+        """How many mirror paths hold a person's file that the mirror keeps instead of its object."""
+        if "AS owned" in self._mirror_select:  # an old state, read-only: it knows of none
+            return 0
+        value = self._read("SELECT count(*) FROM mirror WHERE owned = 0")[0][0]
+        return value if isinstance(value, int) else 0
 
     # --- meta ------------------------------------------------------------------------------
     def get_meta(self, name: str) -> str | None:

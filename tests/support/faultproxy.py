@@ -14,6 +14,9 @@ server and, per request, inject one fault:
 ``truncate``       forward; send the head (full ``Content-Length``) and half the body, then close
 ``hold``           read the request, set ``reached``, wait until ``release`` is set (at most
                    ``seconds``), then forward: the test acts while the request is held
+``rewrite``        forward; pass the whole response body through ``rewrite(body) -> body`` and drop
+                   the response headers named in ``drop_headers`` (``Content-Length`` follows the
+                   new body): a listing without continuation token, objects without ETags...
 =================  ===========================================================================
 
 When a response has no body (``HEAD``, 204, an empty object), ``reset_response`` and
@@ -52,7 +55,7 @@ __all__ = ["FAULT_KINDS", "Fault", "FaultKind", "FaultProxy", "Match"]
 HOST = "127.0.0.1"
 
 FaultKind = Literal[
-    "reset_request", "reset_response", "delay", "status", "clock_skew", "flip_byte", "truncate", "hold"
+    "reset_request", "reset_response", "delay", "status", "clock_skew", "flip_byte", "truncate", "hold", "rewrite"
 ]
 FAULT_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 
@@ -97,6 +100,10 @@ class Fault:
     #: ``kind="hold"``: set by the proxy once a held request has been read; the test sets ``release``.
     reached: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    #: ``kind="rewrite"``: the new response body from the upstream's (de-chunked) one.
+    rewrite: Callable[[bytes], bytes] | None = None
+    #: ``kind="rewrite"``: response header names (lower-case) to leave out, e.g. ``{"etag"}``.
+    drop_headers: frozenset[str] = frozenset()
     hits: int = field(default=0, init=False)
     _rng: random.Random = field(default_factory=random.Random, init=False, repr=False)
 
@@ -599,7 +606,7 @@ class FaultProxy:
                     raise _ConnectionEndedError
 
         uconn = upstream.send(head + body)
-        return self._relay_response(method, uconn, client, upstream, kind) and client_keep
+        return self._relay_response(method, uconn, client, upstream, kind, fault) and client_keep
 
     def _read_request_body(self, reader: _Reader, fields: Mapping[str, str]) -> bytes:
         if _is_chunked(fields):
@@ -607,7 +614,13 @@ class FaultProxy:
         return reader.read_exact(_content_length(fields))
 
     def _relay_response(
-        self, method: str, uconn: _Reader, client: socket.socket, upstream: _Upstream, kind: str | None
+        self,
+        method: str,
+        uconn: _Reader,
+        client: socket.socket,
+        upstream: _Upstream,
+        kind: str | None,
+        fault: Fault | None = None,
     ) -> bool:
         rhead = uconn.read_head()
         while rhead is not None and rhead.startswith(b"HTTP/1.1 1") and not rhead.startswith(b"HTTP/1.1 101"):
@@ -625,6 +638,9 @@ class FaultProxy:
         chunked = not no_body and _is_chunked(rfields)
         until_eof = not no_body and not chunked and "content-length" not in rfields
 
+        if kind == "rewrite":
+            assert fault is not None
+            return self._rewrite_response(uconn, upstream, client, rhead, rfields, fault, no_body=no_body)
         if kind in {"flip_byte", "truncate", "reset_response"}:
             # Read the whole body (de-chunked) so the fault lands inside the payload.
             if no_body:
@@ -672,6 +688,42 @@ class FaultProxy:
             upstream.close()
             return False
         return True
+
+
+    @staticmethod
+    def _rewrite_response(
+        uconn: _Reader,
+        upstream: _Upstream,
+        client: socket.socket,
+        rhead: bytes,
+        rfields: Mapping[str, str],
+        fault: Fault,
+        *,
+        no_body: bool,
+    ) -> bool:
+        """Read the whole upstream answer, rewrite its body, drop headers, send it with a true Content-Length."""
+        upstream_keep = "close" not in rfields.get("connection", "").lower()
+        if no_body:
+            body = b""
+        elif _is_chunked(rfields):
+            body = b"".join(data for _, data in uconn.iter_chunked())
+        elif "content-length" not in rfields:
+            body = b"".join(uconn.iter_until_eof())
+            upstream_keep = False
+        else:
+            body = uconn.read_exact(_content_length(rfields))
+        if not upstream_keep:
+            upstream.close()
+        if not no_body and fault.rewrite is not None:
+            body = fault.rewrite(body)
+        drop = {b"transfer-encoding", b"content-length"} | {name.encode() for name in fault.drop_headers}
+        head = _without_fields(rhead, drop)[:-2]
+        if not no_body:
+            head += b"Content-Length: %d\r\n" % len(body)
+        elif "content-length" in rfields and "content-length" not in fault.drop_headers:
+            head += b"Content-Length: %d\r\n" % _content_length(rfields)
+        client.sendall(head + b"\r\n" + body)
+        return upstream_keep
 
 
 class _Upstream:
