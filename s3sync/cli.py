@@ -419,7 +419,8 @@ def sync(
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Print the daemon's health from its state database."""
-    from s3sync.service import read_status
+    from s3sync.health import assess
+    from s3sync.service import read_status, reported_health
 
     with _errors():
         settings = _settings()
@@ -429,19 +430,11 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
             raise typer.Exit(1)
         now = time.time()
         beat = float(snap.get("time") or 0)
-        last_ok = snap.get("last_mirror_ok")
-        max_age = settings.health_max_mirror_age or (3 * settings.mirror_interval + 60)
-        problems: list[str] = []
-        if snap.get("state") == "stopped":
-            problems.append("the daemon is not running (it stopped cleanly)")
-        elif beat and now - beat > 30:
-            problems.append(f"no status from the daemon for {int(now - beat)} s (killed or stuck)")
-        else:
-            problems.extend(str(p) for p in snap.get("problems") or ())
-        if settings.mirror_interval > 0 and (not last_ok or now - float(last_ok) > max_age):
-            problems.append("no successful mirror pass recently")
-        snap["healthy"] = not problems
-        snap["problems"] = problems
+        health = reported_health(snap, settings, now)
+        verdict = assess(health)  # the function /healthz and the watchdog use
+        last_ok = health.last_mirror_ok
+        problems = list(verdict.reasons)
+        snap.update(verdict.to_dict())
         if as_json:
             out.print(json.dumps(snap, indent=2, default=str), markup=False, highlight=False)
         else:
@@ -451,6 +444,8 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
             for k in ("queued", "uploaded", "skipped", "rejected", "failed", "recorded_uploaded", "recorded_rejected"):
                 table.add_row(k.replace("_", " "), str(snap.get(k, 0)))
             table.add_row("last mirror ok", f"{int(now - float(last_ok))} s ago" if last_ok else "never")
+            for warning in verdict.warnings:
+                table.add_row("warning", warning)
             out.print(table)
         if problems:
             raise typer.Exit(1)

@@ -24,7 +24,9 @@ False
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 __all__ = ["STALE_REPORT_SECONDS", "Health", "HealthSnapshot", "assess"]
 
@@ -62,6 +64,22 @@ class HealthSnapshot:
     local_changed: int = 0
     failed_items: int = 0
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values: how the daemon stores its snapshot for ``s3sync status``."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> HealthSnapshot:
+        """The snapshot :meth:`to_dict` stored (unknown names ignored, missing ones defaulted)."""
+        known: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in values:
+                continue
+            value = values[f.name]
+            known[f.name] = tuple(str(v) for v in value) if isinstance(value, list | tuple) else value
+        known.setdefault("now", 0.0)
+        return cls(**known)
+
 
 @dataclass(frozen=True, slots=True)
 class Health:
@@ -71,6 +89,16 @@ class Health:
     alive: bool
     reasons: tuple[str, ...]
     warnings: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict as /healthz and ``s3sync status --json`` show it (``problems``: the older name)."""
+        return {
+            "ok": self.healthy,
+            "healthy": self.healthy,
+            "reasons": list(self.reasons),
+            "problems": list(self.reasons),
+            "warnings": list(self.warnings),
+        }
 
 
 def _mirror_age_limit(s: HealthSnapshot) -> float:

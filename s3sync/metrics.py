@@ -18,12 +18,12 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from s3sync.health import HealthSnapshot, assess
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 __all__ = ["Metrics", "MetricsServer"]
-
-Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 class Metrics:
@@ -113,6 +113,11 @@ class Metrics:
         """A rescan of the upload folder finished."""
         self._last_rescan = time.time()
 
+    @property
+    def last_mirror_time(self) -> float | None:
+        """Unix time of the last good (complete) mirror pass (None: none yet)."""
+        return self._last_mirror
+
     def seconds_since_mirror(self) -> float | None:
         """Age of the last good mirror pass (None: never)."""
         return None if self._last_mirror is None else time.time() - self._last_mirror
@@ -139,25 +144,35 @@ class _ThreadingHTTPServerV6(ThreadingHTTPServer):
 
 
 class MetricsServer:
-    """``/metrics`` and ``/healthz`` over HTTP on ``HOST:PORT`` (port 0 picks a free one)."""
+    """``/metrics`` and ``/healthz`` over HTTP on ``HOST:PORT`` (port 0 picks a free one).
 
-    def __init__(self, addr: str, metrics: Metrics, health: Health) -> None:
+    ``/healthz`` is 200 or 503 as :func:`s3sync.health.assess` decides over ``snapshot()``; its JSON
+    body has the verdict (``ok``, ``reasons``, ``warnings``) and the counters of ``details()``.
+    """
+
+    def __init__(
+        self,
+        addr: str,
+        metrics: Metrics,
+        snapshot: Callable[[], HealthSnapshot],
+        details: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
         from prometheus_client import generate_latest
         from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
         if metrics.registry is None:
             raise ValueError("MetricsServer needs Metrics(enabled=True)")
         host, _, port = addr.rpartition(":")
-        registry, health_ref = metrics.registry, health
+        registry = metrics.registry
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path.split("?")[0] == "/metrics":
                     body, status, ctype = generate_latest(registry), 200, CONTENT_TYPE_LATEST
                 elif self.path.split("?")[0] == "/healthz":
-                    ok, details = health_ref()
-                    body = json.dumps(details, default=str).encode()
-                    status, ctype = (200 if ok else 503), "application/json"
+                    verdict = assess(snapshot())
+                    body = json.dumps({**details(), **verdict.to_dict()}, default=str).encode()
+                    status, ctype = (200 if verdict.healthy else 503), "application/json"
                 else:
                     body, status, ctype = b"not found\n", 404, "text/plain"
                 self.send_response(status)

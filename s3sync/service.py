@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ import structlog
 
 from s3sync import __version__
 from s3sync.errors import S3SyncError
+from s3sync.health import HealthSnapshot, assess
 from s3sync.localfs import sweep_temp_files
 from s3sync.metrics import Metrics, MetricsServer
 from s3sync.mirror import Mirror, MirrorReport
@@ -36,7 +37,7 @@ from s3sync.uploader import Uploader
 if TYPE_CHECKING:
     from s3sync.watcher import Watcher
 
-__all__ = ["Service", "SyncSummary", "read_status"]
+__all__ = ["Service", "SyncSummary", "read_status", "reported_health"]
 
 log = structlog.get_logger("s3sync")
 
@@ -44,6 +45,8 @@ _STATUS_EVERY = 5.0
 _RESCAN_BACKLOG = 2  # files waiting per worker above which a rescan waits
 _RESCAN_DEFER_LIMIT = 10  # ... but for at most this many rescan intervals
 _LIST_AT_LEAST = 32  # files to look up before a listing replaces a HEAD each
+_FOLDER_CHECK_EVERY = 2.0  # seconds between checks that the watched folder is still the same folder
+_FOLDER_RETRY_CAP = 30.0  # longest wait between looks for a missing upload folder
 
 
 @dataclass
@@ -95,7 +98,14 @@ class Service:
         self._last_mirror: MirrorReport | None = None
         self._last_rescan = 0.0
         self._started = time.monotonic()
+        self._started_wall = time.time()
         self._supervisor_heartbeat = time.monotonic()
+        # The watched folder: when it was last checked, and while it is missing or unwatchable,
+        # why, and when to look again (backoff).
+        self._folder_checked = 0.0
+        self._watch_trouble: str | None = None
+        self._watch_retry_at = 0.0
+        self._watch_backoff = 0.0
         self._running = False
         self.metrics_server: MetricsServer | None = None
         self._lookup: threading.Thread | None = None  # a daemon catch-up's listing, under way
@@ -241,23 +251,44 @@ class Service:
         return _AbsentDefault(listing)
 
     # --- the daemon ------------------------------------------------------------------------
+    def health_snapshot(self) -> HealthSnapshot:
+        """What health is decided from, now (see :mod:`s3sync.health`)."""
+        last = self._last_mirror
+        return HealthSnapshot(
+            now=time.time(),
+            started=self._started_wall,
+            running=True,
+            stalled_loops=tuple(self._stalled_loops()),
+            stalled_workers=self._stalled_workers(),
+            watcher_running=self.watcher is not None and self.watcher.is_alive(),
+            upload_folder_missing=self._watch_trouble == "missing",
+            mirror_interval=self.settings.mirror_interval,
+            max_mirror_age=self.settings.health_max_mirror_age,
+            last_mirror_ok=self.metrics.last_mirror_time,
+            conflicts=last.conflicts if last else 0,
+            unsafe_keys=last.unsafe if last else 0,
+            local_changed=int(getattr(last, "local_changed", 0) or 0),
+            failed_items=last.failed if last else 0,
+        )
+
     def health(self) -> tuple[bool, dict[str, object]]:
-        """Whether the loops are alive and the last mirror pass is recent enough."""
-        now = time.monotonic()
-        reasons = self._stalled_loops()
-        if self.settings.mirror_interval > 0:
-            max_age = self.settings.health_max_mirror_age or (3 * self.settings.mirror_interval + 60)
-            age = self.metrics.seconds_since_mirror()
-            started_ago = now - self._started
-            if (age is None and started_ago > max_age) or (age is not None and age > max_age):
-                reasons.append(f"no successful mirror pass for more than {int(max_age)} s")
-        if self.watcher is None or not self.watcher.is_alive():
-            reasons.append("watcher is not running")
-        return not reasons, {"ok": not reasons, "reasons": reasons, **self.status_snapshot()}
+        """Healthy or not, with the reasons, warnings and the status counters (as /healthz shows them)."""
+        verdict = assess(self.health_snapshot())
+        return verdict.healthy, {**self.status_snapshot(), **verdict.to_dict()}
 
     def loops_alive(self) -> bool:
-        """Upload, mirror and supervisor loops all ticked recently (gates the systemd watchdog pings)."""
-        return not self._stalled_loops()
+        """Nothing a restart would cure (gates the systemd watchdog pings): see :func:`s3sync.health.assess`."""
+        return assess(self.health_snapshot()).alive
+
+    def _stalled_workers(self) -> tuple[str, ...]:
+        """Upload workers stuck on one file, when the uploader can tell (``stalled_workers()``)."""
+        probe = getattr(self.uploader, "stalled_workers", None)
+        if probe is None:
+            return ()
+        try:
+            return tuple(str(w) for w in probe())
+        except Exception:  # noqa: BLE001 - a probe that fails must not take health down with it
+            return ()
 
     def _stalled_loops(self) -> list[str]:
         """Why the daemon is not healthy right now: each loop that died or stopped ticking."""
@@ -278,6 +309,7 @@ class Service:
         """Counters for STATUS=, ``s3sync status`` and /healthz."""
         s = self.uploader.stats if self.uploader else None
         last = self._last_mirror
+        health = self.health_snapshot()
         return {
             "pid": os.getpid(),
             "time": time.time(),
@@ -290,7 +322,9 @@ class Service:
             "last_mirror": asdict(last) if last else None,
             "watcher": self.watcher.kind if self.watcher else None,
             "state": "running" if self._running else "stopped",
-            "problems": self._stalled_loops() if self._running else [],
+            "problems": list(assess(health).reasons) if self._running else [],
+            # What `s3sync status` judges health from, with the same function as /healthz.
+            "health": health.to_dict(),
         }
 
     def _status_line(self) -> str:
@@ -314,7 +348,8 @@ class Service:
             try:
                 report = mirror.run_pass(stop)
                 self._last_mirror = report
-                self.metrics.mirror_completed(report.ok)
+                # A complete listing is a good pass for health: a bad key is a warning, not an outage.
+                self.metrics.mirror_completed(report.complete)
             except Exception as exc:
                 log.exception("mirror.failed", error=f"{type(exc).__name__}: {exc}")
                 self.metrics.mirror_completed(False)
@@ -364,7 +399,7 @@ class Service:
             self._mirror_thread.start()
         server = None
         if settings.metrics_addr:
-            server = MetricsServer(settings.metrics_addr, self.metrics, self.health)
+            server = MetricsServer(settings.metrics_addr, self.metrics, self.health_snapshot, self.status_snapshot)
             server.start()
             self.metrics_server = server
             log.info("metrics.listening", url=f"http://{server.address}/metrics")
@@ -413,21 +448,69 @@ class Service:
             self.uploader.notify(path, hint)
 
     def _supervise(self) -> None:
-        watcher, uploader = self.watcher, self.uploader
-        if watcher is not None and not watcher.is_alive():
-            try:
-                watcher.restart()
-                log.warning("watcher.restarted", watcher=watcher.kind)
-            except OSError as exc:
-                log.error("watcher.failed", error=f"{type(exc).__name__}: {exc}")
-            if uploader is not None:
-                self._catch_up(uploader, in_background=True)
+        uploader = self.uploader
+        self._supervise_watcher()
         if uploader is not None and self._rescan_due(uploader):
             self._last_rescan = time.monotonic()
             n = self._catch_up(uploader, in_background=True)
             self.metrics.rescan_done()
             if n:
                 log.info("upload.rescan", queued=n)
+
+    def _supervise_watcher(self) -> None:
+        """Keep the watcher on the folder that has the upload path now.
+
+        A dead observer is restarted at once. Every ``_FOLDER_CHECK_EVERY`` seconds the folder's
+        identity (device + inode) is compared with the one the observer started on: an inotify
+        watch follows the inode, so after ``mv upload upload.old && mkdir upload`` it would
+        silently go on watching ``upload.old``. A replaced folder restarts the watcher on the new
+        one; a missing folder (or one that cannot be watched) is one warning, then looks again
+        with backoff (1 s doubling up to 30 s) and recovers when it is back. Each restart queues
+        a scan: files dropped in between had no watcher.
+        """
+        watcher = self.watcher
+        if watcher is None:
+            return
+        now = time.monotonic()
+        if self._watch_trouble is not None:
+            if now < self._watch_retry_at:
+                return
+            state = watcher.folder_state()
+            back = self._watch_trouble == "missing"
+            reason = "the upload folder is back" if back else "the upload folder can be watched again"
+        else:
+            state = "same"
+            if now - self._folder_checked >= _FOLDER_CHECK_EVERY:
+                self._folder_checked = now
+                state = watcher.folder_state()
+            if state == "same" and watcher.is_alive():
+                return
+            reason = {"replaced": "the upload folder was replaced", "missing": ""}.get(state, "the observer had died")
+        if state == "missing":
+            self._watch_problem("missing", "the upload folder is missing", watcher)
+            return
+        try:
+            watcher.restart()
+        except OSError as exc:  # e.g. the inotify watch limit: look again later, without a flood of events
+            self._watch_problem("unwatchable", f"cannot watch the upload folder: {type(exc).__name__}: {exc}", watcher)
+            return
+        self._watch_trouble, self._watch_backoff, self._folder_checked = None, 0.0, now
+        log.warning("watcher.restarted", watcher=watcher.kind, reason=reason, path=str(watcher.root))
+        if self.uploader is not None:
+            self._catch_up(self.uploader, in_background=True)
+
+    def _watch_problem(self, kind: str, message: str, watcher: Watcher) -> None:
+        """One event per episode (warning: a folder being swapped; error: it cannot be watched)."""
+        if self._watch_trouble != kind:
+            watcher.stop()
+            self._watch_backoff = 0.0
+            if kind == "missing":
+                log.warning("watcher.folder_missing", path=str(watcher.root), reason=message)
+            else:
+                log.error("watcher.failed", path=str(watcher.root), error=message)
+        self._watch_trouble = kind
+        self._watch_backoff = min(_FOLDER_RETRY_CAP, max(1.0, self._watch_backoff * 2))
+        self._watch_retry_at = time.monotonic() + self._watch_backoff
 
     def _rescan_due(self, uploader: Uploader) -> bool:
         """Whether the periodic rescan should run now.
@@ -467,3 +550,35 @@ def read_status(settings: Settings) -> dict[str, Any] | None:
     snap["recorded_uploaded"] = uploaded
     snap["recorded_rejected"] = rejected
     return snap
+
+
+def _as_float(value: object) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def reported_health(snap: Mapping[str, Any], settings: Settings, now: float) -> HealthSnapshot:
+    """The health snapshot of the daemon's last report (:func:`read_status`), judged at ``now``.
+
+    A report without a snapshot (an older daemon) gives one from its ``problems`` and the settings.
+    """
+    stored = snap.get("health")
+    if isinstance(stored, Mapping):
+        base = HealthSnapshot.from_dict(stored)
+    else:
+        base = HealthSnapshot(
+            now=now,
+            stalled_loops=tuple(str(p) for p in snap.get("problems") or ()),
+            mirror_interval=settings.mirror_interval,
+            max_mirror_age=settings.health_max_mirror_age,
+        )
+    times = [t for t in (base.last_mirror_ok, _as_float(snap.get("last_mirror_ok"))) if t is not None]
+    return replace(
+        base,
+        now=now,
+        running=snap.get("state") != "stopped",
+        reported_at=_as_float(snap.get("time")) or None,
+        last_mirror_ok=max(times) if times else None,
+    )

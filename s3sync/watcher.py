@@ -13,6 +13,8 @@ and ``dir`` (a folder appeared: scan it).
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -130,6 +132,8 @@ class Watcher:
         self._lock = threading.Lock()
         self.last_event: float | None = None
         self.kind = ""
+        #: (st_dev, st_ino) of the folder the observer was started on.
+        self.identity: tuple[int, int] | None = None
 
     def _default_factory(self) -> Any:
         if self.mode == "polling":
@@ -147,6 +151,9 @@ class Watcher:
     def start(self) -> None:
         """Start observing (raises OSError when the folder cannot be watched)."""
         with self._lock:
+            # Noted before scheduling: a folder replaced in between is then seen as replaced.
+            st = os.stat(self.root)
+            self.identity = (st.st_dev, st.st_ino)
             observer = self._factory()
             wanted = None if isinstance(observer, PollingObserver) else _EVENTS_WANTED
             handler = _Handler(self._sink, self._ignore, self._touch)
@@ -172,6 +179,21 @@ class Watcher:
             return False
         emitters = getattr(observer, "emitters", ())
         return all(e.is_alive() for e in emitters)
+
+    def folder_state(self) -> str:
+        """``same``, ``replaced`` (another folder now has the path) or ``missing``.
+
+        An inotify watch follows the inode, not the path: after ``mv upload upload.old && mkdir
+        upload`` the observer silently keeps watching ``upload.old``. The supervisor calls this
+        every few seconds and restarts the watcher on the new folder.
+        """
+        try:
+            info = os.stat(self.root)
+        except OSError:
+            return "missing"
+        if not stat.S_ISDIR(info.st_mode):
+            return "missing"
+        return "same" if (info.st_dev, info.st_ino) == self.identity else "replaced"
 
     def restart(self) -> None:
         """Replace a dead observer with a new one."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -141,3 +142,9 @@ def test_a_stuck_worker_is_always_unhealthy_while_running(s):
 def test_stale_limit_is_the_documented_one():
     """The staleness limit is 30 s: six missed 5 s reports."""
     assert STALE_REPORT_SECONDS == 30.0
+
+
+@given(snapshots)
+def test_a_stored_snapshot_reads_back_equal(s):
+    """to_dict -> JSON -> from_dict is the identity (what `s3sync status` reads is what the daemon saw)."""
+    assert HealthSnapshot.from_dict(json.loads(json.dumps(s.to_dict()))) == s
