@@ -5,24 +5,47 @@ unchanged bucket costs only LIST requests, and memory stays flat for any bucket 
 Downloads run on a bounded pool. Deletion happens only after a complete, non-empty
 listing, only for files the mirror itself wrote and nobody touched since, and never more
 than ``S3_MIRROR_MAX_DELETE`` in one pass (beyond that the pass refuses to delete at all).
+
+The mirror owns only what it wrote. The state records, for each path, the stat (size,
+mtime, inode, ctime) and SHA-256 of what the mirror wrote; a file that is not that (a
+person changed or created it) is never replaced or deleted: it is kept and the key skipped
+(``S3_MIRROR_ON_LOCAL_CHANGE=keep``, one ``mirror.local_changed`` warning), moved aside to a
+``.local-<time>`` sibling first (``keep-both``), or overwritten only when so configured. A
+file that already holds the object's bytes is adopted without a download. A key that cannot
+be placed (conflict, unsafe, a local folder in the way, a failed download) still counts as
+listed: only keys absent from a complete listing are deletion candidates.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
 
 from s3sync.errors import LocalFileError, S3SyncError, UnsafeKeyError
-from s3sync.localfs import CommitGroup, lstat_under, remove_under
+from s3sync.localfs import CommitGroup, hash_file, lstat_under, open_dir_under, remove_under
 from s3sync.paths import PathClaims, key_to_relpath
-from s3sync.plan import LocalStat, MirrorAction, plan_mirror
+from s3sync.plan import (
+    LocalContent,
+    LocalStat,
+    MirrorAction,
+    MirrorDecision,
+    MirrorWritten,
+    RemoteVersion,
+    aside_name,
+    holds_object,
+    is_md5_etag,
+    plan_checked,
+    plan_mirror,
+)
 from s3sync.settings import Settings
 from s3sync.state import MirrorRecord, State
 from s3sync.transport import RemoteObject, Transport
@@ -43,6 +66,10 @@ class MirrorReport:
     failed: int = 0
     unsafe: int = 0
     conflicts: int = 0
+    #: Keys skipped because a person changed or created the local file (kept, or moved aside).
+    local_changed: int = 0
+    #: Local files that already held their object's bytes, noted as the mirror's without a download.
+    adopted: int = 0
     bytes: int = 0
     duration_ms: int = 0
     complete: bool = False
@@ -52,7 +79,10 @@ class MirrorReport:
 
     @property
     def ok(self) -> bool:
-        """A complete listing and no failed item."""
+        """A complete listing and no failed item (``sync`` exits 1 otherwise).
+
+        Conflicts, unsafe keys and locally changed files are warnings: they never fail a pass.
+        """
         return self.complete and self.failed == 0
 
 
@@ -78,6 +108,8 @@ class Mirror:
         self._on_result = on_result
         self._reported: set[str] = set()
         self._lock = threading.Lock()
+        #: Why the last pass refused to delete (logged when it first appears or changes, not every pass).
+        self._refused: str | None = None
 
     def run_pass(self, stop: threading.Event | None = None) -> MirrorReport:
         """List, download what is new or changed, then delete what is safe to delete."""
@@ -99,17 +131,20 @@ class Mirror:
                     self.heartbeat = time.monotonic()
                     if stop.is_set():
                         break
-                    seen: list[str] = []
                     records = self.state.get_mirrors([o.key for o in page])
                     for obj in page:
                         report.listed += 1
-                        local_there = self._plan_one(obj, records.get(obj.key), report, seen, claims)
-                        if local_there is not None:
-                            inflight.append(pool.submit(self._download, obj, pass_no, report, group, local_there))
+                        record = records.get(obj.key)
+                        action = self._plan_one(obj, record, report, claims)
+                        if action is not None:
+                            job = (obj, action, record, pass_no, report, group)
+                            inflight.append(pool.submit(self._fetch, *job))
                         if len(inflight) >= workers * 4:
                             inflight = self._drain(inflight, keep=workers * 2)
-                    if self.settings.mirror_delete and not self.dry_run:
-                        self.state.mark_seen(seen, pass_no)
+                    if self.settings.mirror_delete and not self.dry_run and records:
+                        # Every listed key is seen, whatever became of it (conflict, unsafe, failed, kept):
+                        # a key that cannot be placed is never "gone".
+                        self.state.mark_seen(list(records), pass_no)
                 else:
                     report.complete = True
             except S3SyncError as exc:
@@ -117,10 +152,10 @@ class Mirror:
                 report.listing_error = str(exc)
                 log.error("mirror.failed", error=str(exc), listed=report.listed)
             self._drain(inflight, keep=0)
-        if report.complete and not stop.is_set() and self.settings.mirror_delete:
+        if report.complete and not stop.is_set() and self.settings.mirror_delete and not self.dry_run:
             self._delete_gone(pass_no, report)
         report.duration_ms = int((time.monotonic() - started) * 1000)
-        if report.complete and report.failed == 0 and not self.dry_run:
+        if report.complete and not self.dry_run:
             self.state.set_meta("last_mirror_ok", str(time.time()))
         log.info(
             "mirror.completed",
@@ -130,6 +165,8 @@ class Mirror:
             failed=report.failed,
             unsafe=report.unsafe,
             conflicts=report.conflicts,
+            local_changed=report.local_changed,
+            adopted=report.adopted,
             bytes=report.bytes,
             duration_ms=report.duration_ms,
             complete=report.complete,
@@ -146,50 +183,59 @@ class Mirror:
             self.heartbeat = time.monotonic()
         return futures
 
+    def _local(self, segments: tuple[str, ...]) -> tuple[LocalStat | None, str | None]:
+        """The stat of the regular file at a key's path (None: nothing there), or why the key cannot go there."""
+        try:
+            st = os.lstat(os.path.join(self._root_str, *segments))  # noqa: PTH118 - a str: no Path per object
+        except FileNotFoundError:
+            return None, None
+        except NotADirectoryError:
+            return None, "a local file is in the way of its folder"
+        except OSError as exc:
+            return None, f"the local path cannot be looked at ({exc.strerror})"
+        if stat.S_ISREG(st.st_mode):
+            return LocalStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino), None
+        if stat.S_ISDIR(st.st_mode):
+            return None, "a local folder is in the way"
+        return None, "a local symlink or special file is in the way"
+
     def _plan_one(
         self,
         obj: RemoteObject,
         record: MirrorRecord | None,
         report: MirrorReport,
-        seen: list[str],
         claims: PathClaims,
-    ) -> bool | None:
-        """Decide for one object: None when there is nothing to fetch, else whether a local file is there."""
+    ) -> MirrorAction | None:
+        """Decide for one object in the listing thread: None when done here, else the action for a worker."""
         local = None
         try:
             segments = key_to_relpath(obj.key)
         except UnsafeKeyError:
             pass  # plan_mirror says why
         else:
-            conflict = claims.claim(segments)
+            local, in_the_way = self._local(segments)
+            # A local folder (or file) in the way is checked before claiming: it must not take the path
+            # from the keys below it, and it is one warning, never a failed item.
+            conflict = in_the_way or claims.claim(segments)
             if conflict is not None:
                 report.conflicts += 1
                 self._report_once(obj.key, "mirror.key_conflict", reason=conflict)
                 return None
-            try:
-                st = os.lstat(os.path.join(self._root_str, *segments))  # noqa: PTH118 - a str: no Path per object
-                local = LocalStat(st.st_size, st.st_mtime_ns)
-            except OSError:
-                pass
-        decision = plan_mirror(
-            obj.key,
-            obj.size,
-            obj.etag,
-            (record.size, record.etag, record.local_size, record.local_mtime_ns) if record else None,
-            local,
-        )
-        if record is not None:
-            seen.append(obj.key)
-        if decision.action is MirrorAction.UNSAFE:
+        decision = plan_mirror(obj.key, _version(obj), _written(record), local)
+        action = decision.action
+        if action is MirrorAction.UNSAFE:
             report.unsafe += 1
             self._report_once(obj.key, "mirror.unsafe_key", reason=decision.reason)
             return None
-        if decision.action is MirrorAction.DOWNLOAD:
+        if action is MirrorAction.KEEP_LOCAL:
+            report.local_changed += 1  # reported when it was first kept; counted every pass
+            return None
+        if action in {MirrorAction.DOWNLOAD, MirrorAction.CHECK}:
             if self.dry_run:
-                log.info("mirror.would_download", key=obj.key, bytes=obj.size)
+                log.info("mirror.would_download", key=obj.key, bytes=obj.size, local=decision.reason or None)
                 report.downloaded += 1
                 return None
-            return local is not None
+            return action
         report.skipped += 1
         return None
 
@@ -201,17 +247,150 @@ class Mirror:
                 self._reported.add(key)
         log.warning(event, key=key, **fields)
 
+    def _fetch(
+        self,
+        obj: RemoteObject,
+        action: MirrorAction,
+        record: MirrorRecord | None,
+        pass_no: int,
+        report: MirrorReport,
+        group: CommitGroup,
+    ) -> None:
+        """In a worker: look at a local file whose owner is unknown (CHECK), then download if that is what is left."""
+        local_there = True
+        if action is MirrorAction.CHECK:
+            try:
+                verdict = self._check(obj, record, pass_no, report)
+            except (S3SyncError, OSError) as exc:
+                self._failed(obj.key, report, _describe(exc))
+                return
+            if verdict is None:
+                return
+            local_there = verdict
+        self._download(obj, pass_no, report, group, local_there)
+
+    def _check(self, obj: RemoteObject, record: MirrorRecord | None, pass_no: int, report: MirrorReport) -> bool | None:
+        """Whose is the local file? Act on it; return None when done, else whether a file is still there."""
+        segments = key_to_relpath(obj.key)
+        path = os.path.join(self._root_str, *segments)  # noqa: PTH118 - a str, as in _local
+        local, in_the_way = self._local(segments)
+        if in_the_way is not None:
+            report.conflicts += 1
+            self._report_once(obj.key, "mirror.key_conflict", reason=in_the_way)
+            return None
+        if local is None:
+            return False  # gone meanwhile: nothing to keep
+        hashes = hash_file(path, md5=True)
+        content = LocalContent(hashes.size, hashes.sha256, hashes.md5)
+        remote_sha = None
+        if content.size == obj.size and not is_md5_etag(obj.etag):
+            head = self.transport.head(obj.key)  # our SHA-256 is in the metadata, not in the listing
+            remote_sha = head.sha256 if head is not None else None
+        written = _written(record)
+        decision = plan_checked(content, _version(obj), remote_sha, written, self.settings.mirror_on_local_change)
+        action = decision.action
+        if action is MirrorAction.SKIP and record is not None:
+            # Still the mirror's bytes (touched, chmod-ed, restored): note the new stat, keep its version.
+            self._note(record.key, _record_version(record), local, pass_no, content.sha256, owned=True)
+            with self._lock:
+                report.skipped += 1
+            return None
+        if action is MirrorAction.ADOPT:
+            self._note(obj.key, _version(obj), local, pass_no, content.sha256, owned=True, etag=obj.etag)
+            with self._lock:
+                report.adopted += 1
+            log.info("mirror.adopted", key=obj.key, bytes=content.size)
+            return None
+        if action is MirrorAction.DOWNLOAD:
+            if decision.reason in {"created locally", "changed locally"}:
+                self._local_changed(obj.key, report, decision, "overwritten")
+            return True
+        if action is MirrorAction.MOVE_ASIDE:
+            aside = self._move_aside(segments)
+            self._local_changed(obj.key, report, decision, "moved aside", aside=aside)
+            return False
+        # KEEP_LOCAL: the person's file stays; its stat is noted so that it is not hashed again while unchanged.
+        self._note(obj.key, _version(obj), local, pass_no, None, owned=False, etag=obj.etag)
+        self._local_changed(obj.key, report, decision, "kept")
+        return None
+
+    def _local_changed(
+        self, key: str, report: MirrorReport, decision: MirrorDecision, done: str, **fields: object
+    ) -> None:
+        with self._lock:
+            report.local_changed += 1
+        log.warning(
+            "mirror.local_changed",
+            key=key,
+            reason=decision.reason,
+            action=done,
+            policy=self.settings.mirror_on_local_change,
+            **fields,
+        )
+
+    def _move_aside(self, segments: tuple[str, ...]) -> str:
+        """Rename a person's file to a free ``<name>.local-<UTC time><.ext>`` beside it; never overwrite."""
+        fd = open_dir_under(self.root, segments[:-1], create=False)
+        name = segments[-1]
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        try:
+            for attempt in range(1000):
+                aside = aside_name(name, stamp, attempt)
+                try:
+                    # link + unlink: a rename that cannot replace an existing file.
+                    os.link(name, aside, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+                except FileExistsError:
+                    continue
+                os.unlink(name, dir_fd=fd)
+                os.fsync(fd)
+                return "/".join((*segments[:-1], aside))
+        except OSError as exc:
+            raise LocalFileError(f"cannot move {'/'.join(segments)!r} aside: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+        raise LocalFileError(f"cannot move {'/'.join(segments)!r} aside: no free name")
+
+    def _note(
+        self,
+        key: str,
+        version: RemoteVersion,
+        local: LocalStat,
+        pass_no: int,
+        sha256: str | None,
+        *,
+        owned: bool,
+        etag: str | None = None,
+    ) -> None:
+        self.state.record_mirrored(
+            key,
+            version.size,
+            version.etag if etag is None else etag,
+            local.size,
+            local.mtime_ns,
+            pass_no,
+            local_ino=local.ino,
+            local_ctime_ns=local.ctime_ns,
+            sha256=sha256,
+            last_modified_us=version.last_modified_us,
+            owned=owned,
+        )
+
     def _download(
         self, obj: RemoteObject, pass_no: int, report: MirrorReport, group: CommitGroup, local_there: bool
     ) -> None:
         """Fetch one object; the commit group finishes it (or it was already identical: skipped)."""
         started = time.monotonic()
+        # The SHA-256 of what lands is known when the download returns, which may be after the
+        # commit group made it durable: whichever of the two comes second notes it.
+        box = _Sha256Box()
 
         def durable(path: Path | None, error: LocalFileError | None) -> None:
             if error is not None or path is None:
                 self._failed(obj.key, report, str(error))
                 return
-            nbytes = self._record(obj, path, pass_no, report)
+            with box.lock:
+                nbytes = self._record(obj, path, pass_no, report, box.sha256)
+                box.recorded = nbytes is not None
             if nbytes is None:
                 return
             seconds = time.monotonic() - started
@@ -235,18 +414,31 @@ class Mirror:
             self._failed(obj.key, report, _describe(exc))
             return
         if result.skipped:
-            if self._record(obj, result.path, pass_no, report) is None:
+            if self._record(obj, result.path, pass_no, report, result.sha256) is None:
                 return
             with self._lock:
                 report.skipped += 1
             if self._on_result is not None:
                 self._on_result("skipped", 0, result.duration_ms / 1000)
+            return
+        with box.lock:
+            box.sha256 = result.sha256
+            late = box.recorded and result.sha256 is not None
+        if late and result.sha256 is not None:
+            try:
+                st = os.lstat(result.path)
+                self.state.set_mirror_sha256(obj.key, result.sha256, st.st_ino, st.st_mtime_ns)
+            except (S3SyncError, OSError) as exc:
+                log.debug("mirror.sha256_not_noted", key=obj.key, error=_describe(exc))
 
-    def _record(self, obj: RemoteObject, path: Path, pass_no: int, report: MirrorReport) -> int | None:
-        """Note in the state that ``path`` holds ``obj``; its size, or None (and a failure) when that fails."""
+    def _record(
+        self, obj: RemoteObject, path: Path, pass_no: int, report: MirrorReport, sha256: str | None
+    ) -> int | None:
+        """Note in the state that ``path`` holds ``obj``, as the mirror wrote it; its size, or None on failure."""
         try:
             st = os.lstat(path)
-            self.state.record_mirrored(obj.key, obj.size, obj.etag, st.st_size, st.st_mtime_ns, pass_no)
+            local = LocalStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            self._note(obj.key, _version(obj), local, pass_no, sha256, owned=True)
         except (S3SyncError, OSError) as exc:
             self._failed(obj.key, report, _describe(exc))
             return None
@@ -260,35 +452,94 @@ class Mirror:
             self._on_result("failed", 0, 0.0)
         log.error("mirror.failed", key=key, error=error)
 
+    def _refuse(self, reason: str, **fields: object) -> None:
+        """One ``mirror.delete_refused`` when a refusal starts or its reason changes, not one per pass."""
+        if reason != self._refused:
+            log.warning("mirror.delete_refused", reason=reason, **fields)
+        self._refused = reason
+
     def _delete_gone(self, pass_no: int, report: MirrorReport) -> None:
         if report.listed == 0:
-            log.warning("mirror.delete_refused", reason="the listing came back empty")
+            self._refuse("the listing came back empty")
             return
         cap = self.settings.mirror_max_delete
         candidates = self.state.unseen_mirrored(pass_no, self.settings.mirror_prefix, cap + 1)
         if len(candidates) > cap:
-            log.warning(
-                "mirror.delete_refused",
-                reason=f"more than S3_MIRROR_MAX_DELETE={cap} files would be deleted",
-                candidates=len(candidates),
-            )
+            self._refuse(f"more than S3_MIRROR_MAX_DELETE={cap} files would be deleted", candidates=len(candidates))
             return
+        self._refused = None
         for rec in candidates:
-            segments = key_to_relpath(rec.key)
-            st = lstat_under(self.root, segments)
-            if st is None:
-                self.state.forget_mirrored(rec.key)
-                continue
-            if (st.st_size, st.st_mtime_ns) != (rec.local_size, rec.local_mtime_ns):
-                log.warning("mirror.delete_skipped", key=rec.key, reason="changed locally since the mirror wrote it")
-                self.state.forget_mirrored(rec.key)
-                continue
-            if remove_under(self.root, segments):
+            if self._still_written(rec) and remove_under(self.root, key_to_relpath(rec.key)):
                 report.deleted += 1
                 log.info("mirror.deleted", key=rec.key)
                 if self._on_result is not None:
                     self._on_result("deleted", 0, 0.0)
             self.state.forget_mirrored(rec.key)
+
+    def _still_written(self, rec: MirrorRecord) -> bool:
+        """Whether the file at a gone key's path is still what the mirror wrote (only then may it go)."""
+        segments = key_to_relpath(rec.key)
+        st = lstat_under(self.root, segments)
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return False
+        why = "not written by the mirror" if not rec.owned else None
+        if why is None and not LocalStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino).same_file(
+            LocalStat(rec.local_size, rec.local_mtime_ns, rec.local_ctime_ns, rec.local_ino)
+        ):
+            # Its stat moved (touch, chmod, a restore...): only the bytes the mirror wrote may still go.
+            same = False
+            if st.st_size == rec.local_size and (rec.sha256 or is_md5_etag(rec.etag)):
+                try:
+                    h = hash_file(self.root.joinpath(*segments), md5=not rec.sha256)
+                except (S3SyncError, OSError):
+                    h = None
+                if h is not None:
+                    content = LocalContent(h.size, h.sha256, h.md5)
+                    same = holds_object(content, rec.local_size, rec.etag, rec.sha256)
+            if not same:
+                why = "changed locally since the mirror wrote it"
+        if why is not None:
+            log.warning("mirror.delete_skipped", key=rec.key, reason=why)
+            return False
+        return True
+
+
+class _Sha256Box:
+    """The SHA-256 of a download, met by its durable callback (see :meth:`Mirror._download`)."""
+
+    __slots__ = ("lock", "recorded", "sha256")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sha256: str | None = None
+        self.recorded = False
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(when: datetime | None) -> int | None:
+    """A LastModified as whole microseconds since the epoch (exact: no float on the way)."""
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+def _version(obj: RemoteObject) -> RemoteVersion:
+    return RemoteVersion(obj.size, obj.etag, _micros(obj.last_modified))
+
+
+def _record_version(rec: MirrorRecord) -> RemoteVersion:
+    return RemoteVersion(rec.size, rec.etag, rec.last_modified_us)
+
+
+def _written(rec: MirrorRecord | None) -> MirrorWritten | None:
+    if rec is None:
+        return None
+    local = LocalStat(rec.local_size, rec.local_mtime_ns, rec.local_ctime_ns, rec.local_ino)
+    return MirrorWritten(_record_version(rec), local, rec.sha256, rec.owned)
 
 
 def _describe(exc: BaseException) -> str:

@@ -19,18 +19,28 @@ from s3sync.paths import TEMP_PREFIX, is_directory_marker, key_to_relpath
 
 __all__ = [
     "IGNORED_PATTERNS",
+    "LOCAL_CHANGE_POLICIES",
     "VERDICT_STATUSES",
     "WRITER_GRACE_SECONDS",
+    "LocalContent",
     "LocalStat",
     "MirrorAction",
     "MirrorDecision",
+    "MirrorWritten",
+    "RemoteVersion",
     "UploadAction",
+    "aside_name",
     "backoff_delay",
     "download_range_size",
+    "holds_object",
     "is_ignored_name",
+    "is_md5_etag",
+    "plan_checked",
     "plan_mirror",
     "plan_upload",
     "ready_to_upload",
+    "remote_changed",
+    "usable_etag",
 ]
 
 #: Names the watcher never uploads: hidden files, partial downloads, editor backups.
@@ -140,10 +150,18 @@ def ready_to_upload(
 class MirrorAction(enum.Enum):
     """What to do with one listed object."""
 
-    SKIP = "skip"
-    DOWNLOAD = "download"
+    SKIP = "skip"  # the local file is the mirror's copy of this very version (re-note its stat if it moved)
+    DOWNLOAD = "download"  # nothing there, or the mirror's own copy of an older version
     UNSAFE = "unsafe"
     MARKER = "marker"
+    CHECK = "check"  # a file the state does not know as the mirror's, as it is: compare contents first
+    ADOPT = "adopt"  # the local file already holds the object's bytes: note it as the mirror's, no GET
+    KEEP_LOCAL = "keep-local"  # a person's file: left alone, the key is skipped
+    MOVE_ASIDE = "move-aside"  # a person's file: renamed to a ``.local-<time>`` sibling, then download
+
+
+#: ``S3_MIRROR_ON_LOCAL_CHANGE``: what the mirror does with a file a person changed or created.
+LOCAL_CHANGE_POLICIES = ("keep", "keep-both", "overwrite")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,30 +173,159 @@ class MirrorDecision:
     segments: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteVersion:
+    """What a listing says of one object version: enough to tell whether it changed."""
+
+    size: int
+    etag: str
+    #: LastModified in microseconds since the epoch (None: the server did not say).
+    last_modified_us: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorWritten:
+    """The state's record of one mirror path: the version written, the file's stat then, its SHA-256.
+
+    ``owned=False``: the file is a person's (changed or created by them), kept as it was last seen.
+    """
+
+    remote: RemoteVersion
+    local: LocalStat
+    sha256: str | None = None
+    owned: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LocalContent:
+    """Size and hashes of the local file, read when its stat alone cannot say whose it is."""
+
+    size: int
+    sha256: str
+    md5: str
+
+
+def usable_etag(etag: str) -> bool:
+    """An ETag that can tell versions apart: not empty, not a placeholder of zeros.
+
+    >>> usable_etag(""), usable_etag("0" * 32), usable_etag("9a0364b9e99bb480dd25e1f0284c8555")
+    (False, False, True)
+    """
+    return bool(etag.strip("0-"))
+
+
+def is_md5_etag(etag: str) -> bool:
+    """A plain MD5 of the content (single-part upload), not a multipart or placeholder ETag."""
+    return len(etag) == 32 and usable_etag(etag) and all(c in "0123456789abcdef" for c in etag)
+
+
+def remote_changed(written: RemoteVersion, listed: RemoteVersion) -> bool:
+    """Whether the listed version differs from the one the mirror wrote.
+
+    By (size, ETag) when both ETags are usable; else by (size, LastModified): some gateways
+    send no ETag at all, and a same-size change must still reach the mirror. With neither,
+    nothing tells versions apart: fetch (the download compares contents before it writes).
+    """
+    if listed.size != written.size:
+        return True
+    if usable_etag(listed.etag) and usable_etag(written.etag):
+        return listed.etag != written.etag
+    if listed.last_modified_us is not None and written.last_modified_us is not None:
+        return listed.last_modified_us != written.last_modified_us
+    return True
+
+
 def plan_mirror(
     key: str,
-    size: int,
-    etag: str,
-    record: tuple[int, str, int, int] | None,
+    remote: RemoteVersion,
+    written: MirrorWritten | None,
     local: LocalStat | None,
 ) -> MirrorDecision:
-    """Decide for one listed object.
+    """Decide for one listed object, from its version, the state's record and the local file's stat.
 
-    ``record`` is ``(size, etag, local_size, local_mtime_ns)`` from the state database;
-    ``local`` is the stat of the file at the object's local path (None when absent).
-    Unchanged objects with an untouched local copy are skipped: no HEAD, no GET.
+    The mirror owns only what it wrote: a local file is replaced only when its stat is still
+    the one the mirror recorded. Any other file there (no record, or changed since) is
+    ``CHECK``: its content decides (:func:`plan_checked`). An unchanged object with an
+    untouched copy is skipped: no HEAD, no GET.
     """
-    if is_directory_marker(key) and size == 0:
+    if is_directory_marker(key) and remote.size == 0:
         return MirrorDecision(MirrorAction.MARKER)
     try:
         segments = key_to_relpath(key)
     except UnsafeKeyError as exc:
         return MirrorDecision(MirrorAction.UNSAFE, exc.reason)
-    if record is not None and local is not None:
-        r_size, r_etag, r_local_size, r_local_mtime = record
-        if (r_size, r_etag) == (size, etag) and (local.size, local.mtime_ns) == (r_local_size, r_local_mtime):
-            return MirrorDecision(MirrorAction.SKIP, segments=segments)
-    return MirrorDecision(MirrorAction.DOWNLOAD, segments=segments)
+    if local is None:
+        return MirrorDecision(MirrorAction.DOWNLOAD, segments=segments)
+    if written is None:
+        return MirrorDecision(MirrorAction.CHECK, "not written by the mirror", segments)
+    if not local.same_file(written.local):
+        return MirrorDecision(MirrorAction.CHECK, "changed since the mirror wrote it", segments)
+    if not written.owned:
+        return MirrorDecision(MirrorAction.KEEP_LOCAL, "changed or created locally", segments)
+    if remote_changed(written.remote, remote):
+        return MirrorDecision(MirrorAction.DOWNLOAD, segments=segments)
+    return MirrorDecision(MirrorAction.SKIP, segments=segments)
+
+
+def holds_object(content: LocalContent, size: int, etag: str, sha256: str | None) -> bool:
+    """Whether the local bytes are the object's: same size and same SHA-256 (our metadata) or MD5 (a plain ETag)."""
+    if content.size != size:
+        return False
+    if sha256:
+        return content.sha256 == sha256
+    return is_md5_etag(etag) and content.md5 == etag
+
+
+def plan_checked(
+    content: LocalContent,
+    remote: RemoteVersion,
+    remote_sha256: str | None,
+    written: MirrorWritten | None,
+    policy: str,
+) -> MirrorDecision:
+    """After ``CHECK``: decide from the local file's content whose it is, then what to do.
+
+    * it holds the object's bytes: ``ADOPT`` (noted as the mirror's, nothing downloaded; this
+      is also how a lost state is rebuilt);
+    * it holds what the mirror wrote (only its stat changed: ``touch``, ``chmod``, a restore):
+      the mirror's own file, ``SKIP`` or ``DOWNLOAD`` as for an untouched copy;
+    * anything else is a person's work, and ``policy`` decides: ``keep`` (``KEEP_LOCAL``),
+      ``keep-both`` (``MOVE_ASIDE``, then download) or ``overwrite`` (``DOWNLOAD``).
+    """
+    if holds_object(content, remote.size, remote.etag, remote_sha256):
+        return MirrorDecision(MirrorAction.ADOPT, "already holds the object's bytes")
+    if written is not None and written.owned:
+        ours = holds_object(content, written.local.size, written.remote.etag, written.sha256)
+        if ours:
+            changed = remote_changed(written.remote, remote)
+            return MirrorDecision(MirrorAction.DOWNLOAD if changed else MirrorAction.SKIP, "only its stat changed")
+    reason = "created locally" if written is None else "changed locally"
+    if policy == "overwrite":
+        return MirrorDecision(MirrorAction.DOWNLOAD, reason)
+    if policy == "keep-both":
+        return MirrorDecision(MirrorAction.MOVE_ASIDE, reason)
+    return MirrorDecision(MirrorAction.KEEP_LOCAL, reason)
+
+
+def aside_name(name: str, stamp: str, attempt: int = 0) -> str:
+    """The sibling a person's file is moved to: ``photo.local-<stamp>.jpg`` (``-2``, ``-3``... if taken).
+
+    Never longer than 255 bytes (the stem is shortened), never hidden unless the name was.
+
+    >>> aside_name("F0001_A.jpg", "20261202T103000")
+    'F0001_A.local-20261202T103000.jpg'
+    >>> aside_name("README", "20261202T103000", 1)
+    'README.local-20261202T103000-2'
+    """
+    dot = name.rfind(".")
+    stem, ext = (name[:dot], name[dot:]) if dot > 0 else (name, "")
+    if len(ext.encode()) > 16:  # not an extension: a dotted name
+        stem, ext = name, ""
+    tag = f".local-{stamp}" + (f"-{attempt + 1}" if attempt else "")
+    budget = 255 - len(tag.encode()) - len(ext.encode())
+    while len(stem.encode()) > budget:
+        stem = stem[:-1]
+    return stem + tag + ext
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:

@@ -191,6 +191,9 @@ class Settings(BaseSettings):
     mirror_prefix: str = ""
     mirror_delete: bool = False
     mirror_max_delete: int = Field(100, ge=0, le=10_000_000)
+    #: A file in the mirror folder that a person changed or created: "keep" it (skip the key),
+    #: "keep-both" (move it to a ``.local-<time>`` sibling, then download), or "overwrite" it.
+    mirror_on_local_change: Literal["keep", "keep-both", "overwrite"] = "keep"
     shutdown_timeout: float = Field(30.0, ge=0, le=3600)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -17,12 +17,10 @@ from s3sync.plan import (
     MAX_DOWNLOAD_RANGE,
     MAX_DOWNLOAD_RANGES,
     LocalStat,
-    MirrorAction,
     UploadAction,
     backoff_delay,
     download_range_size,
     is_ignored_name,
-    plan_mirror,
     plan_upload,
     ready_to_upload,
 )
@@ -90,20 +88,6 @@ def test_ready_to_upload():
     assert not ready_to_upload(hint="modified", age_seconds=1, stable_seconds=1.9, settle_seconds=2)
     assert ready_to_upload(hint="modified", age_seconds=0.1, stable_seconds=2.0, settle_seconds=2)
     assert ready_to_upload(hint="scan", age_seconds=3, stable_seconds=0, settle_seconds=2)
-
-
-def test_plan_mirror():
-    """Markers and unsafe keys are not downloaded; unchanged objects with an untouched copy are skipped."""
-    local = LocalStat(5, 100)
-    assert plan_mirror("dir/", 0, "e", None, None).action is MirrorAction.MARKER
-    unsafe = plan_mirror("../x", 1, "e", None, None)
-    assert unsafe.action is MirrorAction.UNSAFE
-    assert "'..'" in unsafe.reason
-    assert plan_mirror("a/b", 5, "e", (5, "e", 5, 100), local).action is MirrorAction.SKIP
-    assert plan_mirror("a/b", 5, "f", (5, "e", 5, 100), local).action is MirrorAction.DOWNLOAD
-    assert plan_mirror("a/b", 5, "e", (5, "e", 5, 100), LocalStat(5, 101)).action is MirrorAction.DOWNLOAD
-    assert plan_mirror("a/b", 5, "e", (5, "e", 5, 100), None).action is MirrorAction.DOWNLOAD
-    assert plan_mirror("a/b", 5, "e", None, local).action is MirrorAction.DOWNLOAD
 
 
 @settings(max_examples=300, deadline=None)
