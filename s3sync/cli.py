@@ -11,12 +11,11 @@ import gc
 import json
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -28,8 +27,9 @@ from rich.tree import Tree
 
 from s3sync import __version__
 from s3sync.errors import ConfigurationError, InvalidNameError, S3SyncError
+from s3sync.lock import StateLock
 from s3sync.logs import configure_logging
-from s3sync.settings import Settings, load_settings
+from s3sync.settings import Settings, default_data_dir, load_settings
 
 __all__ = ["app", "main"]
 
@@ -257,7 +257,7 @@ def _maybe_local_server(settings: Settings, requested: bool) -> Iterator[Setting
         return
     from s3sync.localserver import DEMO_BUCKET, LocalServer
 
-    data = Path(tempfile.gettempdir()) / "s3sync" / "demo-s3"
+    data = default_data_dir() / "demo-s3"  # this user's own, like the default folders
     server = LocalServer(data)
     server.start()
     try:
@@ -293,6 +293,15 @@ def _maybe_local_server(settings: Settings, requested: bool) -> Iterator[Setting
         server.stop()
 
 
+def _state_lock(settings: Settings, *, take: bool = True) -> AbstractContextManager[object]:
+    """The state's exclusive lock, taken now: a second ``run``/``sync`` on one state exits 2 before doing anything."""
+    if not take:
+        return nullcontext()
+    lock = StateLock(settings.state_path)
+    lock.acquire()
+    return lock
+
+
 def _install_signals(stop: threading.Event, reload: threading.Event | None) -> None:
     def on_stop(signum: int, frame: object) -> None:
         stop.set()
@@ -322,8 +331,9 @@ def run(
         stop, reload = threading.Event(), threading.Event()
         _install_signals(stop, reload)
         base = _settings()
+        lock = _state_lock(base)  # for the daemon's whole life, reloads included
         _started()
-        with _maybe_local_server(base, local_server) as settings:
+        with lock, _maybe_local_server(base, local_server) as settings:
             settings.require_bucket()
             while True:
                 service = Service(settings)
@@ -381,8 +391,9 @@ def sync(
         raise typer.Exit(2)
     with _errors():
         base = _settings()
+        lock = _state_lock(base, take=not dry_run)  # a dry run writes nothing: it needs no lock
         _started()
-        with _maybe_local_server(base, local_server) as settings:
+        with lock, _maybe_local_server(base, local_server) as settings:
             settings.require_bucket()
             update: Callable[[str, int], None] | None = None
             finish: Callable[[], None] = lambda: None  # noqa: E731
@@ -449,6 +460,39 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
             out.print(table)
         if problems:
             raise typer.Exit(1)
+
+
+# --- the state database ----------------------------------------------------------------------
+state_app = typer.Typer(
+    name="state", help="The state database (a cache of what the bucket and the folders say).", no_args_is_help=True
+)
+app.add_typer(state_app)
+
+
+@state_app.command("rebuild")
+def state_rebuild() -> None:
+    """Recreate the state from one listing of the bucket and one scan of the upload folder.
+
+    Files the bucket already holds with the same content are recorded as uploaded (never sent
+    again); the old file is moved aside as <name>.corrupt-<time> (or .old-<time>). Takes the lock.
+    """
+    from s3sync.rebuild import rebuild_state
+
+    with _errors():
+        settings = _settings()
+        settings.require_bucket()
+        with _state_lock(settings):
+            r = rebuild_state(settings)
+        line = [
+            f"state rebuilt: {r.scanned} files in the upload folder",
+            f"already in the bucket {r.recorded}",
+            f"to upload {r.to_upload}" + (f" ({r.unverifiable} unverifiable here)" if r.unverifiable else ""),
+            f"invalid names {r.invalid}",
+            "mirror records empty (the next pass adopts matching files)",
+        ]
+        if r.moved_aside is not None:
+            line.append(f"{'corrupted' if r.was_corrupt else 'previous'} state moved to {r.moved_aside}")
+        err.print("; ".join(line), markup=False, highlight=False)
 
 
 def main() -> None:
