@@ -34,14 +34,14 @@ class OpenWriters:
         self._taken = -1e18
         self._writers: set[tuple[int, int]] = set()
 
-    def is_open_for_writing(self, st: os.stat_result) -> bool:
-        """True when a visible process holds the file ``st`` describes open with write access."""
+    def is_open_for_writing(self, dev: int, ino: int) -> bool:
+        """True when a visible process holds the file (``st_dev``, ``st_ino``) open with write access."""
         with self._lock:
             now = time.monotonic()
             if now - self._taken > self.max_age:
                 self._writers = self._snapshot()
                 self._taken = time.monotonic()
-            return (st.st_dev, st.st_ino) in self._writers
+            return (dev, ino) in self._writers
 
     def _snapshot(self) -> set[tuple[int, int]]:
         writers: set[tuple[int, int]] = set()

@@ -63,7 +63,8 @@ class Probe:
     mtime_ns: int = 0
     ctime_ns: int = 0
     ino: int = 0
-    nlink: int = 1
+    nlink: int = 1  # informative: hard links are told apart by the absence of writes
+    dev: int = 0
 
     @property
     def signature(self) -> tuple[int, int, int, int]:
@@ -182,11 +183,14 @@ class UploadSchedule:
         *,
         wall: float,
         on_drop: Callable[[Entry, str], None] | None = None,
+        veto: Callable[[Entry, Probe], bool] | None = None,
     ) -> Entry | None:
         """Pop the next due file that is ready and mark it in flight; None when none is.
 
         ``wall`` is the time of day (for the age of an mtime); ``on_drop(entry, reason)`` hears of
-        queued paths that are no longer regular files (reason "" when simply gone).
+        queued paths that are no longer regular files (reason "" when simply gone). ``veto(entry,
+        probe)`` is asked about a file that is ready by the settle time alone (no close seen): True
+        keeps it waiting (a process still writes to it).
         """
         while self._heap:
             due, _, rel = self._heap[0]
@@ -197,7 +201,7 @@ class UploadSchedule:
             if due > now:
                 return None
             heapq.heappop(self._heap)
-            if self._ready(item, probe(item.path), now, wall, on_drop):
+            if self._ready(item, probe(item.path), now, wall, on_drop, veto):
                 del self._items[rel]
                 self._inflight[rel] = item
                 return item
@@ -207,7 +211,13 @@ class UploadSchedule:
         return None
 
     def _ready(
-        self, item: Entry, seen: Probe, now: float, wall: float, on_drop: Callable[[Entry, str], None] | None
+        self,
+        item: Entry,
+        seen: Probe,
+        now: float,
+        wall: float,
+        on_drop: Callable[[Entry, str], None] | None,
+        veto: Callable[[Entry, Probe], bool] | None,
     ) -> bool:
         if seen.kind == "error":
             return True  # the worker reports it
@@ -222,9 +232,11 @@ class UploadSchedule:
                 item.closed_seen = False
             item.seen = seen.signature
             item.stable_since = now
-        # A second name for an existing file (a hard link) is created but never written or
-        # closed: a file with data, more than one name and no write seen is no writer's.
-        writing = item.writing and not (not item.written and seen.nlink > 1 and seen.size > 0)
+        # Only a write seen since the last close holds a file back whatever its age. A file seen
+        # created and never written to is a hard link, a file that came with a folder moved in
+        # (watchdog reports those as created), or a writer's still empty file: the settle time
+        # and the caller's veto (a visible process holding it open for writing) decide for it.
+        writing = item.writing and item.written
         ready = ready_to_upload(
             hint=item.hint,
             age_seconds=wall - seen.mtime_ns / 1e9,
@@ -233,6 +245,8 @@ class UploadSchedule:
             writing=writing,
             close_events=self.close_events,
         )
+        if ready and item.hint not in COMPLETE and veto is not None and veto(item, seen):
+            return False
         item.unclosed = ready and writing
         return ready
 

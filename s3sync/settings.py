@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from s3sync.errors import ConfigurationError
 
@@ -37,6 +43,7 @@ __all__ = [
     "default_data_dir",
     "default_settings",
     "load_settings",
+    "resolve_folders",
     "set_default_settings_factory",
 ]
 
@@ -181,6 +188,10 @@ class Settings(BaseSettings):
     settle_seconds: float = Field(2.0, ge=0, le=3600)
     rejected_dir: Path | None = None
     after_upload: Literal["keep", "move", "delete"] = "keep"
+    upload_on_conflict: Literal["keep", "overwrite"] = Field(
+        "keep",
+        description="A file whose key another path owns with other content: keep it in place (conflict) or overwrite.",
+    )
     done_dir: Path | None = None
     state_path: Path = Field(default_factory=lambda: _default_root("state") / "state.db")
     rescan_interval: float = Field(60.0, gt=0, le=86400)
@@ -415,10 +426,38 @@ def _describe(exc: ValidationError) -> tuple[str, str]:
     return setting, f"{setting}: {msg}"
 
 
+class _FileFirstSettings(Settings):
+    """Settings whose env file wins over the process environment (``s3sync run --env-file``)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, dotenv_settings, env_settings, file_secret_settings
+
+
+def resolve_folders(settings: Settings) -> Settings:
+    """``settings`` with ``S3_LOCAL_PATH`` and ``S3_UPLOAD_DIR_PATH`` resolved to the real folders.
+
+    An admin's ``/srv/mirror -> /data/mirror`` is followed once, here (at start and at each
+    reload), and s3sync then works inside ``/data/mirror``; symlinks *inside* the folders are
+    still never followed. A path that does not exist yet resolves as far as it exists.
+    """
+    real = {name: Path(os.path.realpath(getattr(settings, name))) for name in ("local_path", "upload_dir_path")}
+    changed = {name: path for name, path in real.items() if path != getattr(settings, name)}
+    return settings.model_copy(update=changed) if changed else settings
+
+
 def load_settings(
     env_file: str | os.PathLike[str] | None = ".env",
     *,
     environ: Mapping[str, str] | None = None,
+    file_wins: bool = False,
     **overrides: Any,
 ) -> Settings:
     """Build :class:`Settings` from the environment, ``env_file`` and overrides.
@@ -426,6 +465,11 @@ def load_settings(
     Translates every validation problem into one :class:`ConfigurationError` whose
     message names the setting (``S3_CATEGORY_MAP: must be a JSON object...``) and never
     echoes the value. A missing ``env_file`` other than the default ``.env`` is an error.
+
+    ``file_wins`` puts ``env_file`` above the environment (``s3sync run --env-file``): the
+    daemon re-reads the file at each reload, and a value changed or removed there must take
+    effect, not be shadowed by the environment the process started with (the systemd unit's
+    ``Environment=`` lines are then defaults the file overrides).
     """
     env = os.environ if environ is None else environ
     if env_file is not None and os.fspath(env_file) != ".env" and not Path(env_file).is_file():
@@ -435,6 +479,10 @@ def load_settings(
         secrets_dir = None
     try:
         env_path = os.fspath(env_file) if env_file is not None else None
+        if file_wins and env_path is not None:
+            built = _FileFirstSettings(_env_file=env_path, _secrets_dir=secrets_dir, **overrides)
+            # Validated already: the same values as a plain Settings.
+            return Settings.model_construct(_fields_set=built.model_fields_set, **dict(built))
         return Settings(_env_file=env_path, _secrets_dir=secrets_dir, **overrides)
     except ValidationError as exc:
         setting, message = _describe(exc)

@@ -52,7 +52,7 @@ _RECOVER = "run `s3sync state rebuild` to set it aside and recreate the state fr
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
     path      TEXT PRIMARY KEY,  -- relative to the upload folder
-    status    TEXT NOT NULL,     -- 'uploaded' | 'rejected'
+    status    TEXT NOT NULL,     -- 'uploaded' | 'rejected' | 'conflict' | 'gone' (moved or deleted after upload)
     size      INTEGER NOT NULL,
     mtime_ns  INTEGER NOT NULL,
     sha256    TEXT,
@@ -187,6 +187,29 @@ class UploadRecord:
     key: str | None
     etag: str | None
     reason: str | None
+    ctime_ns: int = 0
+    ino: int = 0
+    #: For a rejection or conflict: the fingerprint of the settings that decided it.
+    rules: str | None = None
+
+
+#: Columns added to ``uploads`` after its first release: (name, declaration).
+_UPLOAD_COLUMNS_ADDED = (
+    ("ctime_ns", "INTEGER NOT NULL DEFAULT 0"),
+    ("ino", "INTEGER NOT NULL DEFAULT 0"),
+    ("rules", "TEXT"),
+)
+_UPLOAD_SELECT = "SELECT path, status, size, mtime_ns, sha256, key, etag, reason, ctime_ns, ino, rules FROM uploads"
+_UPLOAD_SELECT_OLD = "SELECT path, status, size, mtime_ns, sha256, key, etag, reason, 0, 0, NULL FROM uploads"
+
+
+def _migrate_uploads(db: sqlite3.Connection) -> None:
+    """Add the columns a state written by an older s3sync lacks, and the index of keys."""
+    have = {str(row[1]) for row in db.execute("PRAGMA table_info(uploads)")}
+    for name, decl in _UPLOAD_COLUMNS_ADDED:
+        if name not in have:
+            db.execute(f"ALTER TABLE uploads ADD COLUMN {name} {decl}")
+    db.execute("CREATE INDEX IF NOT EXISTS uploads_key ON uploads(key)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +300,12 @@ class State:
                 raise _corrupt(self.path, "; ".join(problems[:3]))
             if not read_only or not self.path.exists():
                 self._db.executescript(_SCHEMA)
+                if not read_only:
+                    with self._db:
+                        _migrate_uploads(self._db)
+            have = {str(row[1]) for row in self._db.execute("PRAGMA table_info(uploads)")}
+            #: How upload records are read (a read-only look at an older state lacks the new columns).
+            self._upload_select = _UPLOAD_SELECT if "rules" in have else _UPLOAD_SELECT_OLD
             self._db.execute("SELECT count(*) FROM uploads").fetchone()
             self._mirror_select = _mirror_columns(self._db)
         except sqlite3.Error as exc:
@@ -359,9 +388,7 @@ class State:
         """The record for an upload-folder path (relative), if any."""
         if self._foreign_uploads:
             return None
-        rows = self._read(
-            "SELECT path, status, size, mtime_ns, sha256, key, etag, reason FROM uploads WHERE path = ?", (path,)
-        )
+        rows = self._read(f"{self._upload_select} WHERE path = ?", (path,))
         return UploadRecord(*rows[0]) if rows else None  # type: ignore[arg-type]
 
     def get_uploads(self, paths: list[str]) -> dict[str, UploadRecord]:
@@ -373,7 +400,7 @@ class State:
             chunk = paths[i : i + 500]
             marks = ",".join("?" * len(chunk))
             rows = self._read(
-                f"SELECT path, status, size, mtime_ns, sha256, key, etag, reason FROM uploads WHERE path IN ({marks})",  # noqa: S608 - only placeholders are interpolated
+                f"{self._upload_select} WHERE path IN ({marks})",
                 tuple(chunk),
             )
             for row in rows:
@@ -381,19 +408,90 @@ class State:
                 out[rec.path] = rec
         return out
 
-    def record_uploaded(self, path: str, size: int, mtime_ns: int, sha256: str, key: str, etag: str) -> None:
-        """Remember that ``path`` with this stat is in the bucket at ``key``."""
+    def _record(
+        self,
+        path: str,
+        status: str,
+        size: int,
+        mtime_ns: int,
+        *,
+        sha256: str | None = None,
+        key: str | None = None,
+        etag: str | None = None,
+        reason: str | None = None,
+        ctime_ns: int = 0,
+        ino: int = 0,
+        rules: str | None = None,
+    ) -> None:
         self._write(
-            "INSERT OR REPLACE INTO uploads VALUES (?, 'uploaded', ?, ?, ?, ?, ?, NULL, ?)",
-            (path, size, mtime_ns, sha256, key, etag, time.time()),
+            "INSERT OR REPLACE INTO uploads (path, status, size, mtime_ns, sha256, key, etag, reason, updated,"
+            " ctime_ns, ino, rules) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (path, status, size, mtime_ns, sha256, key, etag, reason, time.time(), ctime_ns, ino, rules),
         )
 
-    def record_rejected(self, path: str, size: int, mtime_ns: int, reason: str) -> None:
-        """Remember that ``path`` with this stat was rejected (not retried until it changes)."""
-        self._write(
-            "INSERT OR REPLACE INTO uploads VALUES (?, 'rejected', ?, ?, NULL, NULL, NULL, ?, ?)",
-            (path, size, mtime_ns, reason, time.time()),
+    def record_uploaded(
+        self,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        sha256: str,
+        key: str,
+        etag: str,
+        *,
+        ctime_ns: int = 0,
+        ino: int = 0,
+    ) -> None:
+        """Remember that ``path`` with this stat (ctime and inode too, when known) is in the bucket at ``key``."""
+        self._record(path, "uploaded", size, mtime_ns, sha256=sha256, key=key, etag=etag, ctime_ns=ctime_ns, ino=ino)
+
+    def record_rejected(
+        self,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        reason: str,
+        *,
+        ctime_ns: int = 0,
+        ino: int = 0,
+        rules: str | None = None,
+    ) -> None:
+        """Remember that ``path`` with this stat was rejected under ``rules`` (looked at again when either changes)."""
+        self._record(path, "rejected", size, mtime_ns, reason=reason, ctime_ns=ctime_ns, ino=ino, rules=rules)
+
+    def record_conflict(
+        self,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        key: str,
+        reason: str,
+        *,
+        ctime_ns: int = 0,
+        ino: int = 0,
+        rules: str | None = None,
+    ) -> None:
+        """Remember that ``path`` maps to ``key``, which another path owns: kept, not uploaded."""
+        self._record(path, "conflict", size, mtime_ns, key=key, reason=reason, ctime_ns=ctime_ns, ino=ino, rules=rules)
+
+    def record_gone(self, path: str) -> None:
+        """``path`` was moved or deleted after its upload: keep which key it owns, forget its stat."""
+        self._write("UPDATE uploads SET status = 'gone', updated = ? WHERE path = ?", (time.time(), path))
+
+    def key_owners(self, key: str, *, other_than: str) -> list[UploadRecord]:
+        """Records of paths other than ``other_than`` whose content is (or was) at ``key``."""
+        if self._foreign_uploads:
+            return []
+        rows = self._read(
+            f"{self._upload_select} WHERE key = ? AND path != ? AND status IN ('uploaded', 'gone')",
+            (key, other_than),
         )
+        return [UploadRecord(*r) for r in rows]  # type: ignore[arg-type]
+
+    def clear_verdicts(self) -> int:
+        """Forget every rejection and conflict (``sync --retry-rejected``); return how many."""
+        n = self.count_uploads("rejected") + self.count_uploads("conflict")
+        self._write("DELETE FROM uploads WHERE status IN ('rejected', 'conflict')", ())
+        return n
 
     def forget_upload(self, path: str) -> None:
         """Drop the record of ``path``."""
@@ -491,7 +589,7 @@ class State:
                         "UPDATE mirror SET seen_pass = ? WHERE key = ?", [(seen_pass, k) for k in keys]
                     )
             except sqlite3.Error as exc:
-                raise StateError(f"state database {str(self.path)!r}: {exc}") from None
+                raise self._error(exc) from None
 
     def unseen_mirrored(self, seen_pass: int, prefix: str, limit: int) -> list[MirrorRecord]:
         """Mirrored keys under ``prefix`` that pass ``seen_pass`` did not list (deletion candidates)."""

@@ -1,54 +1,79 @@
 """The upload side of the daemon: hints -> ready check -> queue -> transfer -> state.
 
-One dispatcher thread owns a schedule of pending files (a heap of due times). It checks
-each due file for readiness (complete, or settled), hands ready files to a pool of
-``S3_MAX_CONCURRENCY`` workers, and puts failed ones back with exponential backoff and
-jitter: nothing is dropped while the daemon runs. A worker that finishes a file takes the
-next ready one from the same schedule itself, so a long queue runs without a hand-off per
-file. A path is never in flight twice; a hint arriving while it is in flight is remembered
-and handled after.
+One dispatcher thread hands due, ready files from the :class:`~s3sync.schedule.UploadSchedule`
+(which holds the rules: never in flight twice, a writer that has not closed is waited for) to
+a pool of ``S3_MAX_CONCURRENCY`` workers, and puts failed ones back with exponential backoff
+and jitter: nothing is dropped while the daemon runs. A worker that finishes a file takes the
+next ready one from the same schedule itself, so a long queue runs without a hand-off per file.
+
+What a worker does with a file, in order: refuse what is not a regular file; judge its name
+(rejected files go to ``S3_REJECTED_DIR`` under a name that never overwrites); skip it when the
+state knows it is in the bucket; refuse a key that another path owns with other content (a
+conflict: kept in place, one ``upload.conflict`` event); upload it from one descriptor (a change
+while it is read discards the attempt); and only then, with ``move`` or ``delete``, confirm the
+object with a HEAD and check that the file is unchanged and closed before it goes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
+import hashlib
+import json
 import os
 import random
-import shutil
 import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from s3sync.errors import (
     ConfigurationError,
+    FileChangedError,
     IntegrityError,
     InvalidNameError,
     LocalFileError,
+    NotRegularFileError,
     S3SyncError,
     StateError,
 )
-from s3sync.localfs import hash_file
-from s3sync.plan import LocalStat, UploadAction, backoff_delay, is_ignored_name, plan_upload, ready_to_upload
+from s3sync.localfs import move_no_replace
+from s3sync.openfiles import OpenWriters
+from s3sync.plan import LocalStat, UploadAction, backoff_delay, is_ignored_name, plan_upload
+from s3sync.schedule import COMPLETE, Entry, Hint, Probe, UploadSchedule
 from s3sync.settings import Settings
+from s3sync.sourcefile import file_kind, identity, read_hashes
 from s3sync.state import State, UploadRecord
 from s3sync.transport import UNKNOWN, RemoteObject, Transport, UploadResult
 
-__all__ = ["Uploader", "UploaderStats"]
+__all__ = ["Uploader", "UploaderStats", "upload_rules"]
 
 log = structlog.get_logger("s3sync")
 
 _HIDDEN_PART = os.sep + "."  # a path part that starts with a dot
-_POLL = 0.25  # how often a settling file is re-checked (seconds)
 _ONE_SHOT_ATTEMPTS = 4
+_KEY_BUSY_RETRY = 0.5  # another path's upload of the same key is in flight: look again after it
+_CHANGED_RETRY = 0.5  # the file changed while read: look again (it must settle or close first)
+
+
+def upload_rules(settings: Settings) -> str:
+    """A fingerprint of the settings that decide a rejection or a conflict.
+
+    A verdict recorded under other rules is looked at again: a category code added, a rejected
+    folder set, the conflict policy changed.
+    """
+    rules = {
+        "category_map": sorted(settings.category_map.items()),
+        "extensions": sorted(settings.allowed_extensions),
+        "key_template": settings.key_template,
+        "rejected_dir": str(settings.rejected_dir or ""),
+        "on_conflict": settings.upload_on_conflict,
+    }
+    return hashlib.sha256(json.dumps(rules, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -59,21 +84,14 @@ class UploaderStats:
     uploaded: int = 0
     skipped: int = 0
     rejected: int = 0
+    conflicts: int = 0
     failed: int = 0
     failed_final: int = 0
     bytes: int = 0
 
 
-@dataclass
-class _Item:
-    rel: str
-    path: Path
-    hint: str
-    due: float
-    attempt: int = 0
-    seen: tuple[int, int] | None = None
-    stable_since: float = 0.0
-    remote: Any = field(default=UNKNOWN)
+class _KeyBusyError(S3SyncError):
+    """Another path's upload of the same key is in flight."""
 
 
 class Uploader:
@@ -87,6 +105,7 @@ class Uploader:
         *,
         one_shot: bool = False,
         dry_run: bool = False,
+        close_events: bool = False,
         on_result: Callable[[str, int, float], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -100,12 +119,12 @@ class Uploader:
         self.heartbeat = time.monotonic()
         self._on_result = on_result
         self._rng = rng or random.Random()
+        self._rules = upload_rules(settings)
         self._cond = threading.Condition()
-        self._items: dict[str, _Item] = {}
-        self._heap: list[tuple[float, int, str]] = []
-        self._seq = itertools.count()
-        self._inflight: set[str] = set()
-        self._dirty: dict[str, str] = {}
+        self._sched = UploadSchedule(settle_seconds=settings.settle_seconds, close_events=close_events)
+        self._writers = OpenWriters(self.root)
+        self._keys: dict[str, str] = {}  # key -> the path whose upload of it is in flight
+        self._progress: dict[str, float] = {}  # path in flight -> when it last made progress
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="s3sync-upload")
         self._thread: threading.Thread | None = None
@@ -113,6 +132,11 @@ class Uploader:
         own = (settings.done_dir, settings.rejected_dir, settings.state_path.parent)
         self._excluded = [p for p in own if p is not None and self.root in p.parents]
         self._prefix = str(self.root).rstrip(os.sep) + os.sep
+
+    def set_close_events(self, seen: bool) -> None:
+        """Whether the watcher reports close-after-write (inotify): then an unclosed writer is waited for."""
+        with self._cond:
+            self._sched.close_events = seen
 
     # --- inputs ------------------------------------------------------------------------------
     def ignored(self, path: Path) -> bool:
@@ -152,33 +176,15 @@ class Uploader:
 
     def _note(self, path: Path, rel: str, hint: str, remote: RemoteObject | object | None) -> None:
         with self._cond:
-            if hint == "deleted":
-                item = self._items.pop(rel, None)
-                if item is not None:
-                    self.stats.queued -= 1
-                return
-            if rel in self._inflight:
-                self._dirty[rel] = hint
-                return
-            now = time.monotonic()
-            item = self._items.get(rel)
-            if item is None:
-                item = _Item(rel, path, hint, now, stable_since=now, remote=remote)
-                self._items[rel] = item
-                self.stats.queued += 1
-                if hint not in {"scan"}:
-                    log.debug("upload.queued", path=rel, hint=hint)
-            else:
-                if hint in {"closed", "moved"} or item.hint not in {"closed", "moved"}:
-                    item.hint = hint
-                item.remote = UNKNOWN if remote is UNKNOWN else remote
-                if item.attempt == 0:
-                    item.due = now
-            self._push(item)
-
-    def _push(self, item: _Item) -> None:
-        heapq.heappush(self._heap, (item.due, next(self._seq), item.rel))
-        self._cond.notify()
+            try:
+                kind = Hint(hint)
+            except ValueError:
+                kind = Hint.SCAN
+            self._sched.note(rel, path, kind, time.monotonic(), remote)
+            self.stats.queued = self._sched.queued
+            if kind in {Hint.CREATED, Hint.MODIFIED, Hint.CLOSED, Hint.MOVED}:
+                log.debug("upload.queued", path=rel, hint=hint)
+            self._cond.notify()
 
     def _walk(self, top: Path) -> Iterator[Path]:
         stack = [top]
@@ -233,20 +239,30 @@ class Uploader:
         records = self.state.get_uploads(rels)
         for path, rel in zip(paths, rels, strict=True):
             with self._cond:
-                if rel in self._items or rel in self._inflight:
+                if self._sched.is_queued(rel):
                     continue
             try:
                 st = path.lstat()
             except OSError:
                 continue
-            rec = records.get(rel)
-            action = plan_upload(LocalStat(st.st_size, st.st_mtime_ns), *_rec(rec))
+            action = self._plan(identity(st), records.get(rel))
             if action is UploadAction.IGNORE_REJECTED:
                 continue
             if action is UploadAction.SKIP and self.settings.after_upload == "keep":
                 continue
             found.append(path)
         return found
+
+    def _plan(self, local: LocalStat, rec: UploadRecord | None) -> UploadAction:
+        if rec is None:
+            return plan_upload(local, None, None)
+        return plan_upload(
+            local,
+            rec.status,
+            LocalStat(rec.size, rec.mtime_ns, rec.ctime_ns, rec.ino),
+            record_rules=rec.rules,
+            rules=self._rules,
+        )
 
     # --- the dispatcher --------------------------------------------------------------------
     def start(self) -> None:
@@ -262,13 +278,22 @@ class Uploader:
     def pending(self) -> int:
         """Files queued or in flight."""
         with self._cond:
-            return len(self._items) + len(self._inflight)
+            return self._sched.queued + self._sched.in_flight
+
+    def stalled_workers(self) -> list[str]:
+        """Paths whose upload made no progress for ``S3_LOOP_STALL_SECONDS`` (a stuck worker)."""
+        limit = time.monotonic() - self.settings.loop_stall_seconds
+        with self._cond:
+            return sorted(rel for rel, last in self._progress.items() if last < limit)
+
+    def _tick(self, rel: str) -> None:
+        self._progress[rel] = time.monotonic()  # a dict store: atomic, no lock needed
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is queued or in flight (True), or ``timeout`` passes (False)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._items or self._inflight:
+            while self._sched.queued or self._sched.in_flight:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -287,18 +312,18 @@ class Uploader:
             self._thread.join(timeout=5)
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._inflight and time.monotonic() < deadline:
+            while self._sched.in_flight and time.monotonic() < deadline:
                 self._cond.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
-            clean = not self._inflight
+            clean = not self._sched.in_flight
         if not clean:
             # Past the deadline: stop issuing parts (their multipart uploads are aborted) and do not
             # wait for a request stuck on the network; the next start resumes from the state DB.
             self.transport.close()
             grace = time.monotonic() + 5.0  # interrupted multipart uploads abort within a part's time
             with self._cond:
-                while self._inflight and time.monotonic() < grace:
+                while self._sched.in_flight and time.monotonic() < grace:
                     self._cond.wait(timeout=0.1)
-                drained = not self._inflight
+                drained = not self._sched.in_flight
         else:
             drained = True
         self._pool.shutdown(wait=drained, cancel_futures=True)
@@ -316,77 +341,58 @@ class Uploader:
     def _dispatch_due(self) -> None:
         with self._cond:
             now = time.monotonic()
-            while len(self._inflight) < self.settings.max_concurrency:
+            while self._sched.in_flight < self.settings.max_concurrency:
                 item = self._take(now)
                 if item is None:
                     break
                 self._pool.submit(self._run_item, item)
             wait = 0.5
-            if self._heap and len(self._inflight) < self.settings.max_concurrency:
-                wait = max(0.0, min(wait, self._heap[0][0] - now))
+            due = self._sched.next_due()
+            if due is not None and self._sched.in_flight < self.settings.max_concurrency:
+                wait = max(0.0, min(wait, due - now))
             # When every worker is busy, a finishing worker wakes us (no busy loop).
             self._cond.wait(timeout=wait)
 
-    def _take(self, now: float) -> _Item | None:
-        """Pop the next due file that is ready and mark it in flight (the lock is held)."""
-        while self._heap:
-            due, _, rel = self._heap[0]
-            item = self._items.get(rel)
-            if item is None or item.due != due:
-                heapq.heappop(self._heap)  # stale entry
-                continue
-            if due > now:
-                return None
-            heapq.heappop(self._heap)
-            if self._ready(item, now):
-                del self._items[rel]
-                self.stats.queued -= 1
-                self._inflight.add(rel)
-                return item
-            if rel in self._items:
-                item.due = now + _POLL
-                self._push(item)
-        return None
+    def _take(self, now: float) -> Entry | None:
+        """The next due file that is ready, now in flight (the lock is held)."""
+        item = self._sched.take(now, _probe, wall=time.time(), on_drop=self._dropped, veto=self._open_writer)
+        self.stats.queued = self._sched.queued
+        if item is not None:
+            self._progress[item.rel] = now
+        return item
 
-    def _ready(self, item: _Item, now: float) -> bool:
-        try:
-            st = item.path.lstat()
-        except FileNotFoundError:
-            self._items.pop(item.rel, None)
-            self.stats.queued -= 1
-            return False
-        except OSError:
-            return True  # let the worker report it
-        if not stat.S_ISREG(st.st_mode):
-            self._items.pop(item.rel, None)
-            self.stats.queued -= 1
-            if stat.S_ISLNK(st.st_mode):
-                log.info("upload.skipped", path=item.rel, reason="symlink (not followed)")
-            return False
-        if item.seen != (st.st_size, st.st_mtime_ns):
-            if item.seen is not None and item.hint in {"closed", "moved"}:
-                item.hint = "modified"  # it changed again after "complete": wait for it to settle
-            item.seen = (st.st_size, st.st_mtime_ns)
-            item.stable_since = now
-        return ready_to_upload(
-            hint=item.hint,
-            age_seconds=time.time() - st.st_mtime_ns / 1e9,
-            stable_seconds=now - item.stable_since,
-            settle_seconds=self.settings.settle_seconds,
-        )
+    def _dropped(self, item: Entry, kind: str) -> None:
+        if kind == "symlink":
+            log.info("upload.skipped", path=item.rel, reason="symlink (not followed)")
+        elif kind:
+            log.info("upload.skipped", path=item.rel, reason=f"a {kind}, not a regular file")
+
+    def _open_writer(self, item: Entry, seen: Probe) -> bool:
+        """Whether a process we can see still writes to the file (asked only when no close was seen)."""
+        return self._writers.is_open_for_writing(seen.dev, seen.ino)
 
     # --- the workers -------------------------------------------------------------------------
-    def _run_item(self, first: _Item) -> None:
+    def _run_item(self, first: Entry) -> None:
         # A worker that finishes a file takes the next due one itself: a busy queue (a catch-up, a
         # flood of new files) then costs no hand-off through the dispatcher per file. The dispatcher
         # is woken only when this worker finds nothing to do.
-        item: _Item | None = first
+        item: Entry | None = first
         while item is not None:
             retry: float | None = None
             carry_on = False
             try:
                 try:
                     self._process(item)
+                except _KeyBusyError:
+                    retry = _KEY_BUSY_RETRY
+                except FileChangedError as exc:
+                    # Not a failure: the file is being changed. It goes back, and is taken again only
+                    # once it is complete (closed, or settled) — with what it then holds.
+                    log.info("upload.changed", path=item.rel, reason=str(exc))
+                    retry = _CHANGED_RETRY
+                except NotRegularFileError as exc:
+                    reason = "symlink (not followed)" if exc.kind == "symlink" else f"a {exc.kind}, not a regular file"
+                    log.info("upload.skipped", path=item.rel, reason=reason)
                 except (ConfigurationError, S3SyncError, OSError) as exc:
                     retry = self._failed(item, exc)
                 except Exception as exc:
@@ -396,35 +402,29 @@ class Uploader:
             finally:
                 item = self._release(item, retry, take_next=carry_on)
 
-    def _release(self, item: _Item, retry: float | None, *, take_next: bool) -> _Item | None:
+    def _release(self, item: Entry, retry: float | None, *, take_next: bool) -> Entry | None:
         """A file is done: put it back when it is to be ``retry``-ed, and take the next due one.
 
         Returns the file taken (now in flight), or None after waking the dispatcher and anyone
         in :meth:`wait_idle`.
         """
         with self._cond:
-            self._inflight.discard(item.rel)
-            again = self._dirty.pop(item.rel, None)
-            if retry is not None and not self._stop.is_set():
-                item.due = time.monotonic() + retry
-                item.hint = "scan" if item.hint not in {"closed", "moved"} else item.hint
+            self._progress.pop(item.rel, None)
+            now = time.monotonic()
+            if retry is not None:
                 item.remote = UNKNOWN
-                self._items[item.rel] = item
-                self.stats.queued += 1
-                self._push(item)
-            following = self._take(time.monotonic()) if take_next and not self._stop.is_set() else None
+            self._sched.release(item, now, None if self._stop.is_set() else retry)
+            following = self._take(now) if take_next and not self._stop.is_set() else None
             if following is None:
                 self._cond.notify_all()
-        if again is not None and not self._stop.is_set():
-            self.notify(item.path, again)
         return following
 
-    def _failed(self, item: _Item, exc: BaseException) -> float | None:
+    def _failed(self, item: Entry, exc: BaseException) -> float | None:
         item.attempt += 1
         self.stats.failed += 1
         error = str(exc) if isinstance(exc, S3SyncError) else f"{type(exc).__name__}: {exc}"
         final = self.one_shot and item.attempt >= _ONE_SHOT_ATTEMPTS
-        if isinstance(exc, FileNotFoundError) or (isinstance(exc, LocalFileError) and not item.path.exists()):
+        if isinstance(exc, FileNotFoundError) or (isinstance(exc, LocalFileError) and not _exists(item.path)):
             log.info("upload.skipped", path=item.rel, reason="vanished")
             return None
         delay = backoff_delay(item.attempt, base=self.settings.retry_base, cap=self.settings.retry_cap, rng=self._rng)
@@ -439,41 +439,111 @@ class Uploader:
         log.warning("upload.failed", path=item.rel, error=error, attempt=item.attempt, retry_in=round(delay, 2))
         return delay
 
-    def _process(self, item: _Item) -> None:
+    def _process(self, item: Entry) -> None:
         path, rel = item.path, item.rel
         try:
             st = path.lstat()
         except FileNotFoundError:
             return
         if not stat.S_ISREG(st.st_mode):
+            kind = file_kind(st.st_mode)
+            if kind != "folder":
+                raise NotRegularFileError(f"{str(path)!r} is a {kind}", kind=kind, path=str(path))
             return
-        local = LocalStat(st.st_size, st.st_mtime_ns)
+        local = identity(st)
         rec = self.state.get_upload(rel)
         try:
             res = self.transport.resource(path.name)
         except InvalidNameError as exc:
             self._reject(path, rel, local, rec, exc.reason)
             return
-        action = plan_upload(local, *_rec(rec))
+        action = self._plan(local, rec)
+        if action is UploadAction.IGNORE_REJECTED:
+            return  # the same verdict (rejected, or in conflict) under the same rules
         if rec is not None and rec.status == "uploaded" and rec.key == res.key:
             if action is UploadAction.SKIP:
-                self._after_upload(path, rel, rec.key, local, rec.sha256 or "", rec.etag or "")
+                self._after_upload(item, rec.key, local, rec.sha256 or "", rec.etag or "")
                 return
-            if action is UploadAction.VERIFY and hash_file(path, md5=False).sha256 == rec.sha256:
-                self.state.record_uploaded(rel, local.size, local.mtime_ns, rec.sha256 or "", res.key, rec.etag or "")
-                self._after_upload(path, rel, res.key, local, rec.sha256 or "", rec.etag or "")
+            if action is UploadAction.VERIFY:
+                now, hashes = read_hashes(path, md5=False)
+                if hashes.sha256 == rec.sha256:
+                    self._record_stat(rel, now, rec.sha256 or "", res.key, rec.etag or "")
+                    self._after_upload(item, res.key, now, rec.sha256 or "", rec.etag or "")
+                    return
+        self._claim(res.key, rel)
+        try:
+            if self._conflicts(item, res.key, local):
                 return
-        if self.dry_run:
-            log.info("upload.would_upload", path=rel, key=res.key, bytes=local.size)
-            self.stats.uploaded += 1
-            return
-        log.info("upload.started", path=rel, key=res.key, bytes=local.size, attempt=item.attempt + 1)
-        result = self.transport.upload(path, remote=item.remote)
-        self._record(rel, result)
-        self._after_upload(path, rel, result.key, LocalStat(result.size, result.mtime_ns), result.sha256, result.etag)
+            if self.dry_run:
+                log.info("upload.would_upload", path=rel, key=res.key, bytes=local.size)
+                self.stats.uploaded += 1
+                return
+            log.info("upload.started", path=rel, key=res.key, bytes=local.size, attempt=item.attempt + 1)
+            remote = item.remote if isinstance(item.remote, RemoteObject) or item.remote is None else UNKNOWN
+            result = self.transport.upload(path, remote=remote, change_retries=1, progress=lambda: self._tick(rel))
+            self._record(rel, result)
+        finally:
+            with self._cond:
+                self._keys.pop(res.key, None)
+        source = result.source or LocalStat(result.size, result.mtime_ns)
+        self._after_upload(item, result.key, source, result.sha256, result.etag)
+
+    def _claim(self, key: str, rel: str) -> None:
+        """Own ``key`` for this upload; :class:`_KeyBusyError` while another path's upload of it runs."""
+        with self._cond:
+            holder = self._keys.get(key)
+            if holder is not None and holder != rel:
+                raise _KeyBusyError(f"{key} is being uploaded from {holder}", key=key)
+            self._keys[key] = rel
+
+    def _conflicts(self, item: Entry, key: str, local: LocalStat) -> bool:
+        """True (and one ``upload.conflict``) when another path owns ``key`` with other content."""
+        if self.settings.upload_on_conflict == "overwrite":
+            return False
+        owners = self.state.key_owners(key, other_than=item.rel)
+        if not owners:
+            return False
+        now, hashes = read_hashes(item.path, md5=False)
+        same = [o for o in owners if o.sha256 == hashes.sha256]
+        if same:
+            # The same bytes under another name: nothing to send, and nothing is overwritten.
+            owner = same[0]
+            self._record_stat(item.rel, now, hashes.sha256, key, owner.etag or "")
+            self.stats.skipped += 1
+            log.info("upload.skipped", path=item.rel, key=key, reason=f"same content as {owner.path}")
+            self._after_upload(item, key, now, hashes.sha256, owner.etag or "")
+            return True
+        other = owners[0].path
+        self.state.record_conflict(
+            item.rel,
+            now.size,
+            now.mtime_ns,
+            key,
+            f"same key as {other}",
+            ctime_ns=now.ctime_ns,
+            ino=now.ino,
+            rules=self._rules,
+        )
+        self.stats.conflicts += 1
+        log.warning(
+            "upload.conflict",
+            path=item.rel,
+            other=other,
+            key=key,
+            reason=f"{item.rel} and {other} map to the same key with different content; {item.rel} kept, not uploaded",
+        )
+        if self._on_result is not None:
+            self._on_result("conflict", 0, 0.0)
+        return True
+
+    def _record_stat(self, rel: str, local: LocalStat, sha256: str, key: str, etag: str) -> None:
+        self.state.record_uploaded(
+            rel, local.size, local.mtime_ns, sha256, key, etag, ctime_ns=local.ctime_ns, ino=local.ino
+        )
 
     def _record(self, rel: str, result: UploadResult) -> None:
-        self.state.record_uploaded(rel, result.size, result.mtime_ns, result.sha256, result.key, result.etag)
+        source = result.source or LocalStat(result.size, result.mtime_ns)
+        self._record_stat(rel, source, result.sha256, result.key, result.etag)
         if result.skipped:
             self.stats.skipped += 1
             log.info("upload.skipped", path=rel, key=result.key, reason="same content already in the bucket")
@@ -494,8 +564,8 @@ class Uploader:
                 self._on_result("succeeded", result.bytes, result.duration_ms / 1000)
 
     def _reject(self, path: Path, rel: str, local: LocalStat, rec: UploadRecord | None, reason: str) -> None:
-        if rec is not None and rec.status == "rejected" and (rec.size, rec.mtime_ns) == (local.size, local.mtime_ns):
-            return
+        if self._plan(local, rec) is UploadAction.IGNORE_REJECTED:
+            return  # rejected before, unchanged, under the same rules: said once is enough
         self.stats.rejected += 1
         if self._on_result is not None:
             self._on_result("rejected", 0, 0.0)
@@ -504,43 +574,57 @@ class Uploader:
             return
         moved_to = None
         if self.settings.rejected_dir is not None:
-            moved_to = self._move(path, self.settings.rejected_dir / rel)
+            # Never over an earlier rejected file of the same name (camera names repeat).
+            moved_to = move_no_replace(path, self.settings.rejected_dir, Path(rel).parts)
         log.warning("upload.rejected", path=rel, reason=reason, moved_to=str(moved_to) if moved_to else None)
         if moved_to is None:
-            self.state.record_rejected(rel, local.size, local.mtime_ns, reason)
+            self.state.record_rejected(
+                rel, local.size, local.mtime_ns, reason, ctime_ns=local.ctime_ns, ino=local.ino, rules=self._rules
+            )
 
-    def _after_upload(self, path: Path, rel: str, key: str, local: LocalStat, sha256: str, etag: str) -> None:
+    def _after_upload(self, item: Entry, key: str, source: LocalStat, sha256: str, etag: str) -> None:
+        """``move`` or ``delete`` the file whose bytes ``source`` describes, once that is safe."""
         policy = self.settings.after_upload
         if policy == "keep" or self.dry_run:
             return
-        if not self.transport.confirm(key, local.size, sha256, etag):
+        path, rel = item.path, item.rel
+        if not self.transport.confirm(key, source.size, sha256, etag):
+            # The bucket does not hold these bytes (lost, truncated, overwritten): upload again.
+            with contextlib.suppress(StateError):
+                self.state.forget_upload(rel)
             raise IntegrityError(f"s3://{self.transport.bucket}/{key} could not be confirmed; {rel} kept", key=key)
         try:
-            now = path.lstat()
+            st = path.lstat()
         except FileNotFoundError:
             return
-        if (now.st_size, now.st_mtime_ns) != (local.size, local.mtime_ns):
-            return  # changed since the upload: it will be uploaded again, then handled
+        if not stat.S_ISREG(st.st_mode) or not identity(st).same_file(source):
+            return  # changed or replaced since it was read: it is uploaded again, then handled
+        if item.writing or (item.hint not in COMPLETE and self._writers.is_open_for_writing(st.st_dev, st.st_ino)):
+            log.info("upload.kept", path=rel, key=key, reason="still open for writing; handled after it is closed")
+            return
         if policy == "move" and self.settings.done_dir is not None:
-            moved = self._move(path, self.settings.done_dir / rel)
+            moved = move_no_replace(path, self.settings.done_dir, Path(rel).parts)
             log.info("upload.moved", path=rel, key=key, to=str(moved))
         elif policy == "delete":
             path.unlink()
             log.info("upload.deleted", path=rel, key=key)
         with contextlib.suppress(StateError):
-            self.state.forget_upload(rel)
-
-    @staticmethod
-    def _move(path: Path, dest: Path) -> Path:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(path, dest)
-        except OSError:
-            shutil.move(str(path), str(dest))
-        return dest
+            self.state.record_gone(rel)
 
 
-def _rec(rec: UploadRecord | None) -> tuple[str | None, LocalStat | None]:
-    if rec is None:
-        return None, None
-    return rec.status, LocalStat(rec.size, rec.mtime_ns)
+def _probe(path: Path) -> Probe:
+    """``lstat`` for the schedule."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return Probe("gone")
+    except OSError:
+        return Probe("error")
+    kind = file_kind(st.st_mode)
+    if kind != "file":
+        return Probe("gone" if kind == "folder" else kind)
+    return Probe("file", st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_nlink, st.st_dev)
+
+
+def _exists(path: Path) -> bool:
+    return os.path.lexists(path)
