@@ -1,7 +1,8 @@
 """The ``s3sync`` command (Typer + Rich): argv -> Settings -> logs -> library/service.
 
 Exit codes: 0 ok, 1 some item failed, 2 usage or configuration error. Errors are one line
-on stderr (``s3sync: error: ...``) and a structured event; ``--debug`` adds the traceback.
+on stderr (``s3sync: error: ...``), or one event in a running daemon's log; ``--debug`` adds
+the traceback.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from s3sync import __version__
 from s3sync.errors import ConfigurationError, InvalidNameError, S3SyncError
 from s3sync.lock import StateLock
 from s3sync.logs import configure_logging
-from s3sync.settings import Settings, default_data_dir, load_settings
+from s3sync.settings import Settings, default_data_dir, load_settings, resolve_folders
 
 __all__ = ["app", "main"]
 
@@ -48,23 +49,33 @@ log = structlog.get_logger("s3sync")
 class _Ctx:
     env_file: str | None = ".env"
     debug: bool = False
+    #: ``run --env-file``: the file wins over the environment, and is re-read at each reload.
+    file_wins: bool = False
+    #: Set while ``run`` has a daemon going: its errors are events in its log, not a CLI line.
+    daemon: bool = False
 
 
 _ctx = _Ctx()
 
 
 def _fail(exc: BaseException) -> NoReturn:
+    """One line for one error, exit code from the error's class.
+
+    A one-shot command prints ``s3sync: error: ...``; a running daemon logs one event instead
+    (``command.failed`` / ``command.crashed``), since its stderr is its log (journald, JSON).
+    """
     if isinstance(exc, S3SyncError):
-        code = exc.exit_code
+        code, event = exc.exit_code, "command.failed"
         message = str(exc)
-        log.error("command.failed", error=message, error_type=type(exc).__name__)
     else:
-        code = 1
+        code, event = 1, "command.crashed"
         message = f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
-        log.error("command.crashed", error=f"{type(exc).__name__}: {exc}")
     if _ctx.debug:
         traceback.print_exception(exc, file=sys.stderr)
-    err.print(f"s3sync: error: {message}", markup=False, highlight=False)
+    if _ctx.daemon:
+        log.error(event, error=message, error_type=type(exc).__name__)
+    else:
+        err.print(f"s3sync: error: {message}", markup=False, highlight=False)
     raise typer.Exit(code)
 
 
@@ -81,13 +92,23 @@ def _errors() -> Iterator[None]:
         _fail(exc)
 
 
-def _settings(**overrides: Any) -> Settings:
-    settings = load_settings(_ctx.env_file, **overrides)
+def _load(**overrides: Any) -> Settings:
+    """The settings as given (no logging set up, symlinked folders not resolved)."""
+    return load_settings(_ctx.env_file, file_wins=_ctx.file_wins, **overrides)
+
+
+def _configure_logging(settings: Settings) -> None:
     secrets = [
         s.get_secret_value() for s in (settings.aws_access_key_id, settings.aws_secret_access_key) if s is not None
     ]
     configure_logging(settings.log_format, "debug" if _ctx.debug else settings.log_level, secrets=secrets)
-    return settings
+
+
+def _settings(**overrides: Any) -> Settings:
+    """The settings, logging configured by them, symlinked folders resolved (once, here)."""
+    settings = _load(**overrides)
+    _configure_logging(settings)
+    return resolve_folders(settings)
 
 
 def _started() -> None:
@@ -172,7 +193,6 @@ def upload(paths: Annotated[list[Path], typer.Argument(help="Files to upload (th
                         raise
                     failed += 1
                     err.print(f"s3sync: error: {exc}", markup=False, highlight=False)
-                    log.error("upload.failed", path=str(path), error=str(exc))
                     continue
                 state = "unchanged" if r.skipped else f"{r.bytes} bytes"
                 out.print(f"{r.key}\t{state}", markup=False, highlight=False)
@@ -239,14 +259,30 @@ def tree(
 
 @app.command()
 def config(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Print the effective settings (validated; secrets masked)."""
+    """Print the effective settings (secrets masked), validated as `run` validates them (exit 2).
+
+    Symlinked folders are shown as given, then resolved (the daemon works in the real folders).
+    Nothing is created: a folder that does not exist yet is judged by where it would be created.
+    """
+    from s3sync import preflight
+
     with _errors():
-        values = _settings().masked()
+        given = _load()
+        _configure_logging(given)
+        values: dict[str, Any] = dict(given.masked())
+        real = resolve_folders(given)
+        resolved = {name: values[name] for name in ("S3_LOCAL_PATH", "S3_UPLOAD_DIR_PATH")}
+        resolved |= {"S3_LOCAL_PATH": str(real.local_path), "S3_UPLOAD_DIR_PATH": str(real.upload_dir_path)}
         if as_json:
-            out.print(json.dumps(values, indent=2), markup=False, highlight=False)
-            return
-        for name, value in values.items():
-            out.print(f"{name}={value}", markup=False, highlight=False)
+            out.print(json.dumps({**values, "resolved": resolved}, indent=2), markup=False, highlight=False)
+        else:
+            for name, value in values.items():
+                out.print(f"{name}={value}", markup=False, highlight=False)
+                if resolved.get(name, value) != value:
+                    out.print(f"# {name} resolves to {resolved[name]}", markup=False, highlight=False)
+        found = preflight.problems(real, create=False)
+        if found:
+            raise ConfigurationError("; ".join(found))
 
 
 # --- the daemon ----------------------------------------------------------------------------
@@ -323,30 +359,52 @@ def run(
     local_server: Annotated[
         bool, typer.Option("--local-server", help="Start an embedded local S3 server (demo; no bucket needed).")
     ] = False,
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--env-file",
+            help="Settings file, read at start and again at each reload (SIGHUP); its values win over the environment.",
+        ),
+    ] = None,
 ) -> None:
     """Run the sync daemon in the foreground (SIGTERM/SIGINT stop it, SIGHUP reloads settings)."""
+    from s3sync import preflight
     from s3sync.service import Service
 
     with _errors():
+        if env_file is not None:
+            _ctx.env_file, _ctx.file_wins = str(env_file), True
         stop, reload = threading.Event(), threading.Event()
         _install_signals(stop, reload)
         base = _settings()
         lock = _state_lock(base)  # for the daemon's whole life, reloads included
         _started()
         with lock, _maybe_local_server(base, local_server) as settings:
-            settings.require_bucket()
+            found = preflight.problems(settings)
+            if found:
+                raise ConfigurationError("; ".join(found))
+            demo = settings
+
+            def reconfigure() -> Settings:
+                # Checked by the running service before any of it applies; the demo keeps its server.
+                return demo if demo.local_server else resolve_folders(_load())
+
+            _ctx.daemon = True
+            previous: Settings | None = None
             while True:
-                service = Service(settings)
-                service.run(stop, reload=reload)
-                if stop.is_set() or not reload.is_set():
-                    break
-                reload.clear()
                 try:
-                    fresh = _settings()
-                    settings = fresh if not settings.local_server else settings
-                    log.info("daemon.reloaded")
-                except ConfigurationError as exc:
-                    log.error("daemon.reload_failed", error=str(exc))
+                    service = Service(settings)
+                except S3SyncError as exc:  # the reloaded settings failed after all: back to the old ones
+                    if previous is None:
+                        raise
+                    log.error("daemon.reload_failed", reason=str(exc), kept="the previous settings")
+                    settings, previous = previous, None
+                    continue
+                service.run(stop, reload=reload, reconfigure=reconfigure)
+                if stop.is_set() or service.next_settings is None:
+                    break
+                previous, settings = settings, service.next_settings
+                _configure_logging(settings)  # S3_LOG_FORMAT / S3_LOG_LEVEL reload too
                 # READY=1 is sent again by the new service once its scan is done.
 
 

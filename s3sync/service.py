@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from s3sync import __version__
+from s3sync import __version__, preflight
 from s3sync.errors import S3SyncError
 from s3sync.health import HealthSnapshot, assess
 from s3sync.localfs import sweep_temp_files
 from s3sync.metrics import Metrics, MetricsServer
 from s3sync.mirror import Mirror, MirrorReport
 from s3sync.notify import Notifier, WatchdogPinger
-from s3sync.settings import Settings
+from s3sync.settings import Settings, resolve_folders
 from s3sync.state import State, StateNamespace
 from s3sync.transport import PENDING_MULTIPART, RemoteObject, Transport
 from s3sync.uploader import Uploader
@@ -79,7 +79,8 @@ class Service:
         on_result: Callable[[str, int], None] | None = None,
         read_only: bool = False,
     ) -> None:
-        self.settings = settings
+        # Symlinked roots (/srv/mirror -> /data/mirror) are followed once, here; never inside.
+        self.settings = settings = resolve_folders(settings)
         self.environ = os.environ if environ is None else environ
         self.metrics = Metrics(enabled=bool(settings.metrics_addr))
         self._on_result_extra = on_result
@@ -109,6 +110,8 @@ class Service:
         self._running = False
         self.metrics_server: MetricsServer | None = None
         self._lookup: threading.Thread | None = None  # a daemon catch-up's listing, under way
+        #: The settings of an accepted reload: the caller starts the next daemon with them.
+        self.next_settings: Settings | None = None
 
     # --- shared set-up -------------------------------------------------------------------
     def prepare(self) -> None:
@@ -363,8 +366,21 @@ class Service:
         if self.mirror is not None and self._mirror_thread is not None and self._mirror_thread.is_alive():
             self._mirror_heartbeat = max(self._mirror_heartbeat, self.mirror.heartbeat)
 
-    def run(self, stop: threading.Event, *, reload: threading.Event | None = None) -> int:
-        """Run the daemon until ``stop`` (or ``reload``) is set; return the exit code."""
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        reload: threading.Event | None = None,
+        reconfigure: Callable[[], Settings] | None = None,
+    ) -> int:
+        """Run the daemon until ``stop`` is set, or a reload is accepted; return the exit code.
+
+        ``reload`` set (SIGHUP) with ``reconfigure``: the new settings are built and checked
+        (:func:`s3sync.preflight.problems`) while this daemon goes on. Accepted, they are in
+        :attr:`next_settings` and the daemon stops for the caller to start one with them;
+        refused, one ``daemon.reload_failed`` and the daemon goes on with its settings.
+        Without ``reconfigure``, ``reload`` just stops the daemon (the caller reloads).
+        """
         settings = self.settings
         self._started = time.monotonic()
         log.info(
@@ -411,8 +427,19 @@ class Service:
         log.info("daemon.ready", queued=queued, watcher=self.watcher.kind)
         last_status = 0.0
         wake = reload or threading.Event()
+        reloading = False
         try:
-            while not stop.is_set() and not wake.is_set():
+            while not stop.is_set():
+                if wake.is_set():
+                    if reconfigure is None:
+                        reloading = True
+                        self.notifier.reloading()
+                        break
+                    wake.clear()
+                    self.next_settings = self._reconfigure(reconfigure)
+                    if self.next_settings is not None:
+                        reloading = True
+                        break
                 stop.wait(0.5)
                 self._supervisor_heartbeat = time.monotonic()
                 self._supervise()
@@ -424,9 +451,7 @@ class Service:
                     self.notifier.status(self._status_line())
                     self._save_status()
         finally:
-            if wake.is_set() and not stop.is_set():
-                self.notifier.reloading()
-            else:
+            if not reloading or stop.is_set():
                 self.notifier.stopping()
             log.info("daemon.stopping", in_flight=uploader.pending())
             halt.set()
@@ -441,6 +466,25 @@ class Service:
             self.close()
             log.info("daemon.stopped", clean=clean)
         return 0
+
+    def _reconfigure(self, build: Callable[[], Settings]) -> Settings | None:
+        """Build and check the new settings while the daemon runs on; None when they are refused."""
+        self.notifier.reloading()
+        try:
+            fresh = build()
+            found = preflight.problems(fresh)
+        except S3SyncError as exc:
+            found = [str(exc)]
+        except Exception as exc:  # noqa: BLE001 - a reload must never take the running daemon down
+            found = [f"{type(exc).__name__}: {exc}"]
+        if found:
+            log.error("daemon.reload_failed", reason="; ".join(found), kept="the settings in force")
+            self.notifier.ready()
+            return None
+        old = self.settings.masked()
+        changed = sorted(name for name, value in fresh.masked().items() if old.get(name) != value)
+        log.info("daemon.reloaded", changed=changed)
+        return fresh
 
     def _on_file_event(self, path: Any, hint: str) -> None:
         self.metrics.watcher_event()

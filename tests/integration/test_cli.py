@@ -56,17 +56,34 @@ def test_check_valid_and_invalid_names(tmp_path):
 
 
 def test_bad_setting_is_one_line_exit_2(tmp_path):
-    """An invalid setting gives one line naming it, exit code 2, no traceback, no secret."""
+    """An invalid setting gives one line naming it (no JSON event besides), exit code 2, no secret."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("S3_")}
     env.update({"S3_CATEGORY_MAP": "{not json", "S3_AWS_SECRET_ACCESS_KEY": SECRET})
+    for args in (["config"], ["sync"], ["run"], ["download", "B0001_A.jpg"]):
+        r = s3sync(*args, env=env, cwd=tmp_path)
+        assert r.returncode == 2, args
+        assert r.stderr.splitlines() == ["s3sync: error: S3_CATEGORY_MAP: could not be parsed (expected JSON)"], args
+        assert SECRET not in r.stderr + r.stdout
+
+
+def test_config_without_bucket_exits_2_and_still_prints(tmp_path):
+    """`config` validates like `run`: no bucket is exit 2 and one line, after every setting it can print."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S3_")}
+    env |= {"S3_LOCAL_PATH": str(tmp_path / "m"), "S3_UPLOAD_DIR_PATH": str(tmp_path / "u")}
     r = s3sync("config", env=env, cwd=tmp_path)
     assert r.returncode == 2
-    human = [line for line in r.stderr.splitlines() if not line.startswith("{")]
-    assert human == ["s3sync: error: S3_CATEGORY_MAP: could not be parsed (expected JSON)"]
-    events = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
-    assert [e["event"] for e in events] == ["command.failed"]
-    assert "Traceback" not in r.stderr
-    assert SECRET not in r.stderr + r.stdout
+    assert f"S3_LOCAL_PATH={tmp_path / 'm'}" in r.stdout.splitlines()
+    assert "S3_BUCKET_NAME=" in r.stdout.splitlines()
+    assert len(r.stderr.splitlines()) == 1
+    assert r.stderr.startswith("s3sync: error: S3_BUCKET_NAME: not set")
+    assert not (tmp_path / "m").exists()  # config creates nothing
+    proc = tmp_path / "proc-folder.env"
+    proc.write_text("S3_BUCKET_NAME=pictures\nS3_UPLOAD_DIR_PATH=/proc/s3sync-upload\n")
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("S3_")}
+    r = s3sync("--env-file", str(proc), "config", env=plain, cwd=tmp_path)
+    assert r.returncode == 2
+    unusable = "S3_UPLOAD_DIR_PATH: '/proc/s3sync-upload' is not a usable folder (No such file or directory)"
+    assert r.stderr.splitlines() == [f"s3sync: error: {unusable}"]
 
 
 def test_missing_bucket_is_configuration_error(tmp_path):

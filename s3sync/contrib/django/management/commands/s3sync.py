@@ -1,8 +1,10 @@
 """``python manage.py s3sync COMMAND [ARGS]``: the ``s3sync`` command with the project's settings.
 
 Django's own options (``--settings``, ``--pythonpath``, ``--traceback``...) go before COMMAND;
-everything from COMMAND on is the ``s3sync`` command line. A non-zero exit of the command line
-becomes a :class:`CommandError` with the same ``returncode``, so ``manage.py`` exits with it.
+everything from COMMAND on is the ``s3sync`` command line. From ``manage.py``, the process exits
+with the command line's status and nothing more is printed: its error is already one line
+(``s3sync: error: ...``), and Django's ``CommandError: ...`` would be a second. From
+``call_command``, a non-zero exit is a :class:`CommandError` with the same ``returncode``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ class Command(BaseCommand):  # type: ignore[misc] # Django ships no type stubs
     # The command line reports configuration errors itself, with its exit code 2; `manage.py check`
     # runs the s3sync checks (and everyone else's) on demand.
     requires_system_checks: ClassVar[tuple[str, ...]] = ()
+    _from_argv = False
+
+    def run_from_argv(self, argv: list[str]) -> None:
+        """``manage.py s3sync ...``: the exit status is the command line's, its one error line the only one."""
+        self._from_argv = True
+        super().run_from_argv(argv)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """``--debug``, then the s3sync command line as it is."""
@@ -42,5 +50,7 @@ class Command(BaseCommand):  # type: ignore[misc] # Django ships no type stubs
         """Run the command line; raise :class:`CommandError` with its exit code when it is not 0."""
         argv = ["--debug", *args] if options.get("debug") or options.get("traceback") else list(args)
         code = run_cli(argv, stdout=options.get("stdout"), stderr=options.get("stderr"))
+        if code != 0 and self._from_argv:
+            raise SystemExit(code)
         if code != 0:
             raise CommandError(f"s3sync exited with status {code}", returncode=code)
