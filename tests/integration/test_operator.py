@@ -12,12 +12,15 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from s3sync.resource import Resource
+from s3sync.transport import make_client
 from tests.integration.daemon_helpers import (
     captured_events,
     drop,
@@ -161,3 +164,32 @@ def test_reload_checks_the_new_settings_first_and_keeps_running(make_settings, t
         assert proc.wait(timeout=30) == 0
     assert len(log.events("daemon.reload_failed")) == 2
     assert [e for e in log.events() if e.get("level") == "error" and e["event"] != "daemon.reload_failed"] == []
+
+
+def get_json(url: str) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of a GET (503 included)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback URL of our own server
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@RCLONE_ONLY
+def test_one_key_that_cannot_be_placed_is_a_warning_not_an_outage(make_settings):
+    """A key equal to a person's folder in the mirror: /healthz stays 200 past the mirror age, with a warning."""
+    settings = make_settings(
+        **{**FAST, "mirror_interval": 0.3, "health_max_mirror_age": 1.0, "metrics_addr": "127.0.0.1:0"}
+    )
+    (settings.local_path / "BACKGROUND").mkdir()  # someone's folder, where the object "BACKGROUND" would go
+    make_client(settings).put_object(Bucket=settings.bucket_name, Key="BACKGROUND", Body=b"in the way")
+    with captured_events() as events, running(settings) as service:
+        assert service.metrics_server is not None
+        url = f"http://{service.metrics_server.address}/healthz"
+        wait_for(lambda: len(events_named(events, "mirror.completed")) >= 2, timeout=10)
+        time.sleep(1.5)  # beyond S3_HEALTH_MAX_MIRROR_AGE: only passes counted good keep it green
+        code, body = get_json(url)
+        assert code == 200, body
+        assert body["reasons"] == []
+        assert body["warnings"], body
+        assert any("in the last mirror pass" in w for w in body["warnings"])
