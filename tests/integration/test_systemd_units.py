@@ -80,6 +80,11 @@ def test_unit_matches_the_daemon(unit):
     assert d["NotifyAccess"] == ["main"]
     assert d["Restart"] == ["on-failure"]
     assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # The daemon reads the settings file itself, so that a reload (SIGHUP) re-reads it; an
+    # EnvironmentFile= would leave the values of the start in the environment.
+    env_file = "/etc/s3sync/s3sync.env" if unit == "s3sync.service" else "/etc/s3sync/%i.env"
+    assert d["ExecStart"] == [f"/opt/s3sync/bin/s3sync run --env-file {env_file}"]
+    assert "EnvironmentFile" not in d
     watchdog = int(d["WatchdogSec"][0].removesuffix("s"))
     stop = int(d["TimeoutStopSec"][0].removesuffix("s"))
     default_shutdown = Settings.model_fields["shutdown_timeout"].default
