@@ -107,7 +107,16 @@ def _rebuild(settings: Settings, transport: Transport, clock: Callable[[], float
         for v in verdicts:
             if v.sha256 is not None:
                 st = v.local.st
-                state.record_uploaded(v.local.rel, st.st_size, st.st_mtime_ns, v.sha256, v.local.key, v.etag)
+                state.record_uploaded(
+                    v.local.rel,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    v.sha256,
+                    v.local.key,
+                    v.etag,
+                    ctime_ns=st.st_ctime_ns,  # the stat the hash was taken under (checked unchanged after it)
+                    ino=st.st_ino,
+                )
                 recorded += 1
             elif v.unverifiable:
                 unverifiable += 1
