@@ -489,6 +489,9 @@ class Service:
     def _on_file_event(self, path: Any, hint: str) -> None:
         self.metrics.watcher_event()
         if self.uploader is not None:
+            if fresh.state_path != self.settings.state_path:
+                # The state's lock and namespace belong to the process: a new state needs a new one.
+                found.append("S3_STATE_PATH: a new state database needs a restart, not a reload")
             self.uploader.notify(path, hint)
 
     def _supervise(self) -> None:
