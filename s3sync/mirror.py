@@ -258,6 +258,13 @@ class Mirror:
     ) -> None:
         """In a worker: look at a local file whose owner is unknown (CHECK), then download if that is what is left."""
         local_there = True
+        if action is MirrorAction.DOWNLOAD and record is not None and record.owned:
+            # Decided from a stat taken when the key was listed: a person may have edited the file
+            # while it waited for a worker. Look again just before replacing it.
+            now, _ = self._local(key_to_relpath(obj.key))
+            written = _written(record)
+            if now is not None and written is not None and not now.same_file(written.local):
+                action = MirrorAction.CHECK
         if action is MirrorAction.CHECK:
             try:
                 verdict = self._check(obj, record, pass_no, report)

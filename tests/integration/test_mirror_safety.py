@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 
@@ -145,6 +146,34 @@ def test_a_file_a_person_created_is_not_replaced(make_settings):
     assert report.local_changed == 1
     assert path.read_bytes() == b"made here"
     assert list_keys(settings) == [key]
+
+
+def test_edit_while_the_download_waits_is_kept(make_settings, s3_server, proxy):
+    """A file edited after the listing judged it the mirror's, before its download ran, is still kept."""
+    settings = make_settings(**FAST, endpoint_url=proxy.endpoint, max_concurrency=1)
+    first, second = "VASE/F1/F1_A.jpg", "VASE/F2/F2_B.jpg"
+    put(settings, first, b"a1")
+    put(settings, second, b"b1")
+    service = Service(settings, environ={})
+    try:
+        mirror_pass(settings, service)
+        put(settings, first, b"a2")
+        put(settings, second, b"b2")
+        held = Fault("hold", match=lambda m, p, h: m == "GET" and "F1_A" in p, seconds=20)
+        proxy.set_faults([held])
+        result: list[object] = []
+        worker = threading.Thread(target=lambda: result.append(mirror_pass(settings, service)))
+        worker.start()
+        assert held.reached.wait(20)  # the only worker is busy with the first key; the second waits
+        (settings.local_path / second).write_bytes(b"edited meanwhile")
+        held.release.set()
+        worker.join(30)
+    finally:
+        service.close()
+    assert (settings.local_path / first).read_bytes() == b"a2"
+    assert (settings.local_path / second).read_bytes() == b"edited meanwhile"
+    assert result
+    assert getattr(result[0], "local_changed", None) == 1
 
 
 def test_keep_both_moves_the_local_version_aside(make_settings):
