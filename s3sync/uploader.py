@@ -599,7 +599,11 @@ class Uploader:
             return
         if not stat.S_ISREG(st.st_mode) or not identity(st).same_file(source):
             return  # changed or replaced since it was read: it is uploaded again, then handled
-        if item.writing or (item.hint not in COMPLETE and self._writers.is_open_for_writing(st.st_dev, st.st_ino)):
+        # Written to and not closed since (or created empty and not closed: a writer that has not
+        # written yet): a writer may come back. A file seen only created with data in it is a hard
+        # link or came with a folder moved in: the open descriptors decide for it.
+        holding = item.writing and (item.written or source.size == 0)
+        if holding or (item.hint not in COMPLETE and self._writers.is_open_for_writing(st.st_dev, st.st_ino)):
             log.info("upload.kept", path=rel, key=key, reason="still open for writing; handled after it is closed")
             return
         if policy == "move" and self.settings.done_dir is not None:

@@ -13,7 +13,8 @@ server and, per request, inject one fault:
 ``flip_byte``      forward; flip the middle byte of the response body (length unchanged)
 ``truncate``       forward; send the head (full ``Content-Length``) and half the body, then close
 ``hold``           read the request, set ``reached``, wait until ``release`` is set (at most
-                   ``seconds``), then forward: the test acts while the request is held
+                   ``seconds``), then forward (or, with ``fail_after_hold``, answer ``status``):
+                   the test acts while the request is held
 ``rewrite``        forward; pass the whole response body through ``rewrite(body) -> body`` and drop
                    the response headers named in ``drop_headers`` (``Content-Length`` follows the
                    new body): a listing without continuation token, objects without ETags...
@@ -100,6 +101,7 @@ class Fault:
     #: ``kind="hold"``: set by the proxy once a held request has been read; the test sets ``release``.
     reached: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    fail_after_hold: bool = False
     #: ``kind="rewrite"``: the new response body from the upstream's (de-chunked) one.
     rewrite: Callable[[bytes], bytes] | None = None
     #: ``kind="rewrite"``: response header names (lower-case) to leave out, e.g. ``{"etag"}``.
@@ -604,6 +606,9 @@ class FaultProxy:
             while not fault.release.wait(0.05):
                 if self._stop.is_set() or time.monotonic() > deadline:
                     raise _ConnectionEndedError
+            if fault.fail_after_hold:
+                client.sendall(_error_response(fault, method, target))
+                return client_keep
 
         uconn = upstream.send(head + body)
         return self._relay_response(method, uconn, client, upstream, kind, fault) and client_keep

@@ -1,0 +1,314 @@
+"""Issue 17: what careless and hostile people do to a file while it is uploaded.
+
+Each race is staged deterministically: the fault proxy holds a request of the upload while the
+test swaps a symlink or a FIFO in, rewrites the file in place and restores its mtime (``cp -p``),
+or keeps a writer open; then the request goes on. Outcomes are asserted in the bucket (bytes,
+SHA-256) and on disk, not only in events. Real servers, real files, the real watchdog observer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from s3sync.resource import Resource
+from s3sync.service import Service
+from tests.integration.daemon_helpers import (
+    captured_events,
+    drop,
+    events_named,
+    list_keys,
+    object_bytes,
+    running,
+    wait_for,
+)
+from tests.support.faultproxy import Fault
+
+FAST = {
+    "settle_seconds": 0.5,
+    "mirror_interval": 0,
+    "retry_base": 0.1,
+    "retry_cap": 0.5,
+    "shutdown_timeout": 5,
+    "rescan_interval": 3600,
+}
+MIB = 1024 * 1024
+MULTIPART = {"multipart_threshold": 5 * MIB, "multipart_chunksize": 5 * MIB}
+
+
+def key_of(settings, name: str) -> str:
+    return Resource(name, settings=settings).key
+
+
+def sha(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def every_object(settings) -> dict[str, bytes]:
+    return {k: object_bytes(settings, k) or b"" for k in list_keys(settings)}
+
+
+def put_to(key: str, method: str = "PUT"):
+    """A proxy match for requests of ``method`` to ``key`` (part uploads included)."""
+
+    def match(m: str, target: str, headers) -> bool:
+        return m == method and key in target
+
+    return match
+
+
+def part_of(key: str, number: int):
+    def match(m: str, target: str, headers) -> bool:
+        return m == "PUT" and key in target and f"partNumber={number}&" in target + "&"
+
+    return match
+
+
+@pytest.mark.parametrize("size", [1 * MIB, 11 * MIB], ids=["single-put", "multipart"])
+def test_symlink_swapped_in_during_upload_never_leaks(make_settings, fault_proxy, tmp_path, size):
+    """Item 1: a symlink to a secret renamed over a file being uploaded is never followed."""
+    secret = tmp_path / "credential"
+    secret.write_bytes(b"TOP-SECRET-" + b"x" * 29)
+    settings = make_settings(endpoint_url=fault_proxy.endpoint, **FAST, **MULTIPART)
+    name = "B0001_SECRET_1x1.jpg"
+    key = key_of(settings, name)
+    held = Fault("hold", match=part_of(key, 1) if size > 5 * MIB else put_to(key), times=1, seconds=30)
+    fault_proxy.set_faults([held])
+    original = os.urandom(size)
+    with captured_events() as events, running(settings):
+        path = drop(settings.upload_dir_path, name, original)
+        assert held.reached.wait(20)
+        link = settings.upload_dir_path.parent / "link"
+        link.symlink_to(secret)
+        os.replace(link, path)  # the swap: a rename over the file being uploaded
+        held.release.set()
+        skipped = lambda: events_named(events, "upload.skipped")  # noqa: E731
+        wait_for(lambda: any(e.get("reason") == "symlink (not followed)" for e in skipped()))
+        time.sleep(0.5)  # anything a retry would send, it has sent by now
+    objects = every_object(settings)
+    assert all(b"TOP-SECRET" not in data for data in objects.values())
+    # What went up (if anything) is the original file, whole: never part of it, never the secret.
+    assert objects.get(key) in (None, original)
+
+
+def test_cp_p_during_multipart_never_leaves_a_truncated_object(make_settings, fault_proxy):
+    """Item 2: the file is cut short and rewritten (same size, mtime restored) while parts are read.
+
+    Parts read short and a ctime that moved both discard the attempt (the multipart upload is
+    aborted); the object in the bucket is the whole file, and its SHA-256 metadata matches it.
+    """
+    settings = make_settings(endpoint_url=fault_proxy.endpoint, **FAST, **MULTIPART)
+    name = "B0002_COPY_1x1.jpg"
+    key = key_of(settings, name)
+    held = Fault("hold", match=part_of(key, 1), times=1, seconds=30)
+    fault_proxy.set_faults([held])
+    first = os.urandom(12 * MIB)
+    second = os.urandom(12 * MIB)
+    with captured_events() as events, running(settings) as service:
+        path = drop(settings.upload_dir_path, name, first)
+        st = path.stat()
+        assert held.reached.wait(20)
+        # cp -p over the file: truncate, write the new bytes, restore mtime (size is the same).
+        with open(path, "r+b") as f:
+            f.truncate(3 * MIB)
+            f.flush()
+            held.release.set()  # the other parts are read now, from a file cut short
+            time.sleep(0.5)
+            f.seek(0)
+            f.write(second)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert path.stat().st_size == st.st_size
+        assert path.stat().st_mtime_ns == st.st_mtime_ns
+        wait_for(lambda: object_bytes(settings, key) == second, timeout=60)
+        service.uploader.wait_idle(timeout=30)
+        assert events_named(events, "upload.changed"), "the change was not noticed"
+        head = service.transport.head(key)
+        assert head is not None
+        assert head.sha256 == sha(second)
+        rec = service.state.get_upload(name)
+        assert rec is not None
+        assert rec.sha256 == sha(second)
+
+
+def test_in_place_rewrite_with_mtime_restored_is_uploaded_again(make_settings):
+    """Item 2, after the upload: cp -p restores size and mtime, but the state sees the ctime and re-uploads."""
+    settings = make_settings(**FAST)
+    name = "B0003_TOUCHUP_1x1.jpg"
+    key = key_of(settings, name)
+    with running(settings) as service:
+        path = drop(settings.upload_dir_path, name, b"a" * 1000)
+        wait_for(lambda: object_bytes(settings, key) == b"a" * 1000)
+        service.uploader.wait_idle(timeout=10)
+    st = path.stat()
+    path.write_bytes(b"b" * 1000)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    summary = Service(settings).sync_once(mirror=False)
+    assert summary.uploaded == 1
+    assert object_bytes(settings, key) == b"b" * 1000
+
+
+@pytest.mark.parametrize("after_upload", ["keep", "delete"])
+def test_writer_pausing_longer_than_settle_is_waited_for(make_settings, tmp_path, after_upload):
+    """Item 3: a writer that pauses with the file open is never uploaded half, and never deleted."""
+    settings = make_settings(**FAST, after_upload=after_upload)
+    name = "B0004_SLOW_1x1.jpg"
+    key = key_of(settings, name)
+    path = settings.upload_dir_path / name
+    with running(settings) as service:
+        with open(path, "wb") as f:
+            f.write(b"first half ")
+            f.flush()
+            time.sleep(4 * settings.settle_seconds + 1)  # far past the settle time, still open
+            assert object_bytes(settings, key) is None, "half a file went up"
+            assert path.exists()
+            f.write(b"second half")
+        wait_for(lambda: object_bytes(settings, key) == b"first half second half")
+        service.uploader.wait_idle(timeout=10)
+        if after_upload == "delete":
+            wait_for(lambda: not path.exists())
+    assert object_bytes(settings, key) == b"first half second half"
+
+
+def test_same_name_in_two_subfolders_is_a_conflict_not_an_overwrite(make_settings):
+    """Item 4: bob's file with alice's name (other bytes) is kept and reported; alice's object stays."""
+    settings = make_settings(**FAST, after_upload="delete")
+    name = "CF0001_WHITE_320x320.jpg"
+    key = key_of(settings, name)
+    with captured_events() as events, running(settings) as service:
+        (settings.upload_dir_path / "alice").mkdir()
+        (settings.upload_dir_path / "bob").mkdir()
+        outside = settings.upload_dir_path.parent / "staging"
+        alice = drop(settings.upload_dir_path / "alice", name, b"alice's photo", staging=outside)
+        wait_for(lambda: object_bytes(settings, key) == b"alice's photo")
+        wait_for(lambda: not alice.exists())
+        bob = drop(settings.upload_dir_path / "bob", name, b"bob's photo", staging=outside)
+        conflict = wait_for(lambda: events_named(events, "upload.conflict"))
+        service.uploader.wait_idle(timeout=10)
+        snapshot = service.status_snapshot()
+    assert conflict[0]["path"] == os.path.join("bob", name)
+    assert conflict[0]["other"] == os.path.join("alice", name)
+    assert len(conflict) == 1
+    assert object_bytes(settings, key) == b"alice's photo"
+    assert bob.read_bytes() == b"bob's photo", "the conflicting file must stay where it is"
+    assert service.uploader.stats.conflicts == 1
+    assert snapshot["upload_conflicts"] == 1
+    # A later change of alice's own path is a normal update.
+    drop(settings.upload_dir_path / "alice", name, b"alice's retouched photo", staging=outside)
+    Service(settings).sync_once(mirror=False)
+    assert object_bytes(settings, key) == b"alice's retouched photo"
+    assert bob.exists()
+
+
+def test_same_name_twice_in_one_pass_uploads_one_and_keeps_the_other(make_settings):
+    """Item 4, one pass: two new files mapping to one key; exactly one is uploaded, the other kept."""
+    settings = make_settings(**FAST)
+    name = "CF0002_BLACK_320x320.jpg"
+    for who in ("alice", "bob"):
+        (settings.upload_dir_path / who).mkdir()
+        (settings.upload_dir_path / who / name).write_bytes(f"{who}'s bytes".encode())
+        os.utime(settings.upload_dir_path / who / name, (time.time() - 60, time.time() - 60))
+    summary = Service(settings).sync_once(mirror=False)
+    assert (summary.uploaded, summary.conflicts) == (1, 1)
+    assert object_bytes(settings, key_of(settings, name)) in (b"alice's bytes", b"bob's bytes")
+    # The verdict is remembered: a second pass says nothing new and uploads nothing.
+    again = Service(settings).sync_once(mirror=False)
+    assert (again.uploaded, again.conflicts) == (0, 0)
+
+
+def test_same_content_under_two_paths_is_not_a_conflict(make_settings):
+    settings = make_settings(**FAST)
+    name = "CF0003_GREY_320x320.jpg"
+    for who in ("alice", "bob"):
+        (settings.upload_dir_path / who).mkdir()
+        (settings.upload_dir_path / who / name).write_bytes(b"the same bytes")
+        os.utime(settings.upload_dir_path / who / name, (time.time() - 60, time.time() - 60))
+    summary = Service(settings).sync_once(mirror=False)
+    assert summary.conflicts == 0
+    assert summary.uploaded + summary.upload_skipped == 2
+
+
+def test_rejected_folder_never_overwrites(make_settings, tmp_path):
+    """Item 5: camera names repeat; every rejected file is kept, under a unique name."""
+    settings = make_settings(**FAST, rejected_dir=tmp_path / "rejected")
+    with captured_events() as events:
+        for n in range(3):
+            (settings.upload_dir_path / "IMG_1234.JPG").write_bytes(f"photo {n}".encode())
+            Service(settings).sync_once(mirror=False)
+    kept = sorted(p.read_bytes() for p in (tmp_path / "rejected").iterdir())
+    assert kept == [b"photo 0", b"photo 1", b"photo 2"]
+    moved = [e["moved_to"] for e in events_named(events, "upload.rejected")]
+    assert len(set(moved)) == 3
+    assert all(Path(m).exists() for m in moved)
+
+
+@pytest.mark.timeout(60)
+def test_fifo_swapped_in_during_upload_blocks_nothing(make_settings, fault_proxy):
+    """Item 8: a FIFO renamed over a file being uploaded is skipped; no worker blocks; stop is prompt."""
+    settings = make_settings(endpoint_url=fault_proxy.endpoint, **FAST, max_attempts=1)  # the daemon retries
+    name = "B0005_PIPE_1x1.jpg"
+    key = key_of(settings, name)
+    held = Fault("hold", match=put_to(key), times=1, seconds=30, fail_after_hold=True, status=503)
+    fault_proxy.set_faults([held])
+    started = 0.0
+    with captured_events() as events, running(settings) as service:
+        path = drop(settings.upload_dir_path, name, b"data" * 1000)
+        assert held.reached.wait(20)
+        fifo = settings.upload_dir_path.parent / "fifo"
+        os.mkfifo(fifo)
+        os.replace(fifo, path)
+        held.release.set()  # the attempt fails: the retry meets the FIFO
+        wait_for(lambda: any("FIFO" in str(e.get("reason")) for e in events_named(events, "upload.skipped")))
+        service.uploader.wait_idle(timeout=10)
+        assert service.uploader.stalled_workers() == []
+        started = time.monotonic()
+    assert time.monotonic() - started < settings.shutdown_timeout + 5
+    assert object_bytes(settings, key) is None
+
+
+def test_rejection_is_looked_at_again_when_the_rules_change(make_settings, tmp_path):
+    """Item 9: a category added, a rejected folder set later, or --retry-rejected re-examine a rejection."""
+    settings = make_settings(**FAST)
+    name = "ZZ0001_NEW_1x1.jpg"
+    path = settings.upload_dir_path / name
+    path.write_bytes(b"new category")
+    first = Service(settings).sync_once(mirror=False)
+    assert first.rejected == 1
+    assert Service(settings).sync_once(mirror=False).rejected == 0  # said once
+    # --retry-rejected: the same rules, looked at again all the same.
+    assert Service(settings).sync_once(mirror=False, retry_rejected=True).rejected == 1
+    # A rejected folder set later: the file is moved there now.
+    later = make_settings(**FAST, rejected_dir=tmp_path / "rejected")
+    assert Service(later).sync_once(mirror=False).rejected == 1
+    assert (tmp_path / "rejected" / name).read_bytes() == b"new category"
+    # The category added: the file (dropped again) is uploaded.
+    os.replace(tmp_path / "rejected" / name, path)
+    mapped = make_settings(**FAST, category_map={**settings.category_map, "ZZ": "ZEDS"})
+    summary = Service(mapped).sync_once(mirror=False)
+    assert summary.uploaded == 1
+    assert object_bytes(mapped, key_of(mapped, name)) == b"new category"
+
+
+def test_a_worker_stuck_in_one_file_is_reported(make_settings, fault_proxy):
+    """A worker inside one file with no progress for S3_LOOP_STALL_SECONDS is named by stalled_workers()."""
+    settings = make_settings(endpoint_url=fault_proxy.endpoint, **FAST, loop_stall_seconds=1, read_timeout=30)
+    name = "B0006_STUCK_1x1.jpg"
+    key = key_of(settings, name)
+    held = Fault("hold", match=put_to(key), times=1, seconds=30)
+    fault_proxy.set_faults([held])
+    with running(settings) as service:
+        drop(settings.upload_dir_path, name, b"stuck")
+        assert held.reached.wait(20)
+        stalled = wait_for(lambda: service.uploader.stalled_workers(), timeout=10)
+        assert stalled == [name]
+        healthy, _ = service.health()
+        assert not healthy
+        held.release.set()
+        wait_for(lambda: object_bytes(settings, key) == b"stuck")
+        wait_for(lambda: service.uploader.stalled_workers() == [], timeout=10)
+    with contextlib.suppress(Exception):
+        held.release.set()
