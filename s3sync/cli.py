@@ -141,6 +141,7 @@ def _main(
     """Keep a folder of graphics resources and an S3 bucket in step."""
     _ctx.env_file = env_file if env_file is not None else ".env"
     _ctx.debug = debug
+    _ctx.file_wins = _ctx.daemon = False  # per invocation (manage.py runs several in one process)
     configure_logging("auto", "warning")
 
 
