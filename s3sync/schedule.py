@@ -12,12 +12,12 @@ daemon testable one call at a time:
 * a failed upload goes back with the delay the caller chose (backoff).
 
 >>> s = UploadSchedule(settle_seconds=2.0, close_events=True)
->>> s.note("a.jpg", Path("/up/a.jpg"), Hint.CREATED, now=0.0)
+>>> s.note("a.jpg", Path("/up/a.jpg"), Hint.MODIFIED, now=0.0)
 >>> probe = lambda p: Probe("file", size=10, mtime_ns=0, ctime_ns=0, ino=1)
->>> s.take(now=100.0, probe=probe, wall=100.0) is None  # created, not closed: a writer may be pausing
+>>> s.take(now=100.0, probe=probe, wall=100.0) is None  # written, not closed: a writer may be pausing
 True
->>> s.note("a.jpg", Path("/up/a.jpg"), Hint.CLOSED, now=100.0)
->>> s.take(now=100.0, probe=probe, wall=100.0).rel
+>>> s.note("a.jpg", Path("/up/a.jpg"), Hint.CLOSED, now=101.0)
+>>> s.take(now=101.0, probe=probe, wall=101.0).rel
 'a.jpg'
 """
 
