@@ -441,6 +441,9 @@ def sync(
     mirror_only: Annotated[bool, typer.Option("--mirror-only", help="Only the mirror pass.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be done; change nothing.")] = False,
     local_server: Annotated[bool, typer.Option("--local-server", help="Use the embedded local S3 server.")] = False,
+    retry_rejected: Annotated[
+        bool, typer.Option("--retry-rejected", help="Look again at files rejected or in conflict before.")
+    ] = False,
 ) -> None:
     """One catch-up upload pass and one mirror pass, then exit (1 if any item failed)."""
     from s3sync.service import Service
@@ -460,7 +463,9 @@ def sync(
                 update, finish = _progress_callback()
             service = Service(settings, on_result=update, read_only=dry_run)
             try:
-                summary = service.sync_once(upload=not mirror_only, mirror=not upload_only, dry_run=dry_run)
+                summary = service.sync_once(
+                    upload=not mirror_only, mirror=not upload_only, dry_run=dry_run, retry_rejected=retry_rejected
+                )
             finally:
                 finish()
                 service.close()
@@ -471,6 +476,7 @@ def sync(
                 f"{verb} {summary.uploaded} ({summary.uploaded_bytes} bytes)",
                 f"unchanged {summary.upload_skipped}",
                 f"rejected {summary.rejected}",
+                f"conflicts {summary.conflicts}",
                 f"failed {summary.upload_failed}",
             ]
         if summary.mirror is not None:

@@ -56,6 +56,7 @@ class SyncSummary:
     uploaded: int = 0
     upload_skipped: int = 0
     rejected: int = 0
+    conflicts: int = 0
     upload_failed: int = 0
     uploaded_bytes: int = 0
     mirror: MirrorReport | None = None
@@ -156,11 +157,15 @@ class Service:
         self.state.close()
 
     # --- one-shot --------------------------------------------------------------------------
-    def sync_once(self, *, upload: bool = True, mirror: bool = True, dry_run: bool = False) -> SyncSummary:
-        """One catch-up upload pass, then one mirror pass."""
+    def sync_once(
+        self, *, upload: bool = True, mirror: bool = True, dry_run: bool = False, retry_rejected: bool = False
+    ) -> SyncSummary:
+        """One catch-up upload pass, then one mirror pass (``retry_rejected``: forget earlier verdicts first)."""
         summary = SyncSummary()
         if not dry_run:
             self.prepare()
+        if upload and retry_rejected and not dry_run:
+            self.state.clear_verdicts()
         if upload:
             uploader = Uploader(
                 self.settings,
@@ -178,6 +183,7 @@ class Service:
             s = uploader.stats
             summary.uploaded, summary.upload_skipped, summary.rejected = s.uploaded, s.skipped, s.rejected
             summary.upload_failed, summary.uploaded_bytes = s.failed_final, s.bytes
+            summary.conflicts = s.conflicts
         if mirror:
             if self.mirror is None or self.mirror.dry_run != dry_run:
                 self.mirror = Mirror(
@@ -321,6 +327,8 @@ class Service:
             "skipped": s.skipped if s else 0,
             "rejected": s.rejected if s else 0,
             "failed": s.failed if s else 0,
+            # Files kept in the upload folder because another path owns their key (all, not this run's).
+            "upload_conflicts": self._count_upload_conflicts(),
             "last_mirror_ok": self.state.get_meta("last_mirror_ok"),
             "last_mirror": asdict(last) if last else None,
             "watcher": self.watcher.kind if self.watcher else None,
@@ -329,6 +337,12 @@ class Service:
             # What `s3sync status` judges health from, with the same function as /healthz.
             "health": health.to_dict(),
         }
+
+    def _count_upload_conflicts(self) -> int:
+        try:
+            return self.state.count_uploads("conflict")
+        except S3SyncError:
+            return 0
 
     def _status_line(self) -> str:
         snap = self.status_snapshot()
@@ -406,6 +420,8 @@ class Service:
             settings.upload_dir_path, self._on_file_event, mode=settings.watch_mode, ignore=uploader.ignored
         )
         self.watcher.start()
+        # Where close events are seen, a file written to and not closed is never uploaded early.
+        uploader.set_close_events(self.watcher.kind.startswith("Inotify"))
         halt = threading.Event()  # stops the inner loops, on shutdown and on reload alike
         if settings.mirror_interval > 0:
             self.mirror = Mirror(settings, self.transport, self.state, on_result=self._result("download"))
@@ -473,6 +489,9 @@ class Service:
         try:
             fresh = build()
             found = preflight.problems(fresh)
+            if fresh.state_path != self.settings.state_path:
+                # The state's lock and namespace belong to the process: a new state needs a new one.
+                found.append("S3_STATE_PATH: a new state database needs a restart, not a reload")
         except S3SyncError as exc:
             found = [str(exc)]
         except Exception as exc:  # noqa: BLE001 - a reload must never take the running daemon down
@@ -489,9 +508,6 @@ class Service:
     def _on_file_event(self, path: Any, hint: str) -> None:
         self.metrics.watcher_event()
         if self.uploader is not None:
-            if fresh.state_path != self.settings.state_path:
-                # The state's lock and namespace belong to the process: a new state needs a new one.
-                found.append("S3_STATE_PATH: a new state database needs a restart, not a reload")
             self.uploader.notify(path, hint)
 
     def _supervise(self) -> None:

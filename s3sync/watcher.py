@@ -40,15 +40,15 @@ __all__ = ["Sink", "Watcher"]
 Sink = Callable[[Path, str], None]
 log = structlog.get_logger("s3sync.watcher")
 
-# What an event-driven observer (inotify) is asked for: a written file's close and creation,
-# moves, deletions and new folders. Not IN_MODIFY / IN_ATTRIB (one event per write() and per
-# chmod or touch) nor the parent folder's "modified" events: a file still being written is
-# polled for stability once its creation is seen, and a file changed without a close is found
-# by the rescan. That is 2 events for a dropped file instead of 5, so a flood of files costs
-# less CPU and overflows the kernel's queue later. A polling observer gets no filter: its
-# "modified" events are the only sign of a file changed in place.
+# What an event-driven observer (inotify) is asked for: a file's creation, writes and close,
+# moves, deletions and new folders. Not IN_ATTRIB (chmod, touch) nor the parent folder's
+# "modified" events. Writes (IN_MODIFY) are wanted although a large file brings many: a file
+# written to and not closed since is not complete, however long its writer pauses, and only
+# these events say that a writer reopened a file that had been closed. A polling observer gets
+# no filter: its "modified" events are the only sign of a file changed in place.
 _EVENTS_WANTED: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
+    FileModifiedEvent,
     FileClosedEvent,
     FileMovedEvent,
     FileDeletedEvent,
