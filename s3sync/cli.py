@@ -10,6 +10,7 @@ from __future__ import annotations
 import faulthandler
 import gc
 import json
+import os
 import signal
 import sys
 import threading
@@ -403,10 +404,28 @@ def run(
                     continue
                 service.run(stop, reload=reload, reconfigure=reconfigure)
                 if stop.is_set() or service.next_settings is None:
+                    _leave_abandoned_workers(service)
                     break
                 previous, settings = settings, service.next_settings
                 _configure_logging(settings)  # S3_LOG_FORMAT / S3_LOG_LEVEL reload too
                 # READY=1 is sent again by the new service once its scan is done.
+
+
+def _leave_abandoned_workers(service: Any) -> None:
+    """Exit now when upload workers are stuck past S3_SHUTDOWN_TIMEOUT (a read that never returns).
+
+    The interpreter would wait for them at exit, and systemd would have to SIGKILL the daemon.
+    Everything durable is done by now: the state is closed, and the interrupted uploads are in
+    it (their multipart uploads are aborted at the next start).
+    """
+    uploader = getattr(service, "uploader", None)
+    stuck = list(getattr(uploader, "abandoned", []) or [])
+    if not stuck:
+        return
+    log.warning("daemon.workers_abandoned", paths=stuck[:10], count=len(stuck))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _progress_callback() -> tuple[Callable[[str, int], None], Callable[[], None]]:

@@ -128,6 +128,7 @@ class Uploader:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="s3sync-upload")
         self._thread: threading.Thread | None = None
+        self.abandoned: list[str] = []
         # The daemon's own folders, when they sit inside the upload folder, are never uploaded.
         own = (settings.done_dir, settings.rejected_dir, settings.state_path.parent)
         self._excluded = [p for p in own if p is not None and self.root in p.parents]
@@ -326,6 +327,9 @@ class Uploader:
                 drained = not self._sched.in_flight
         else:
             drained = True
+        #: Workers still inside a file after the deadline and the grace (a read that never returns):
+        #: the process must not wait for them at exit (see ``s3sync run``).
+        self.abandoned = self._sched.in_flight_paths() if not drained else []
         self._pool.shutdown(wait=drained, cancel_futures=True)
         return clean
 

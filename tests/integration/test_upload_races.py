@@ -312,3 +312,40 @@ def test_a_worker_stuck_in_one_file_is_reported(make_settings, fault_proxy):
         wait_for(lambda: service.uploader.stalled_workers() == [], timeout=10)
     with contextlib.suppress(Exception):
         held.release.set()
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_with_a_worker_stuck_in_a_request_exits_within_the_timeout(make_settings, fault_proxy, tmp_path):
+    """A worker stuck inside one file does not keep a stopping daemon alive past S3_SHUTDOWN_TIMEOUT."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.integration.test_cli import env_for
+
+    settings = make_settings(endpoint_url=fault_proxy.endpoint, **FAST)
+    name = "B0007_HANG_1x1.jpg"
+    held = Fault("hold", match=put_to(key_of(settings, name)), times=1, seconds=80)
+    fault_proxy.set_faults([held])
+    env = env_for(settings, S3_LOG_FORMAT="json", S3_SHUTDOWN_TIMEOUT="1", S3_READ_TIMEOUT="120", S3_MAX_ATTEMPTS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "s3sync", "run"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if '"daemon.ready"' in line:
+                break
+        drop(settings.upload_dir_path, name, b"hang")
+        assert held.reached.wait(20)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        held.release.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert took < 1 + 5 + 5, f"took {took:.1f} s to stop"  # the timeout, the abort grace, start-up slack
+    assert "daemon.workers_abandoned" in err
