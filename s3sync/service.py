@@ -542,11 +542,11 @@ class Service:
             back = self._watch_trouble == "missing"
             reason = "the upload folder is back" if back else "the upload folder can be watched again"
         else:
-            state = "same"
-            if now - self._folder_checked >= _FOLDER_CHECK_EVERY:
+            alive, state = watcher.is_alive(), "same"
+            if not alive or now - self._folder_checked >= _FOLDER_CHECK_EVERY:
                 self._folder_checked = now
-                state = watcher.folder_state()
-            if state == "same" and watcher.is_alive():
+                state = watcher.folder_state()  # a deleted folder also kills the observer
+            if state == "same" and alive:
                 return
             reason = {"replaced": "the upload folder was replaced", "missing": ""}.get(state, "the observer had died")
         if state == "missing":
@@ -555,7 +555,11 @@ class Service:
         try:
             watcher.restart()
         except OSError as exc:  # e.g. the inotify watch limit: look again later, without a flood of events
-            self._watch_problem("unwatchable", f"cannot watch the upload folder: {type(exc).__name__}: {exc}", watcher)
+            if watcher.folder_state() == "missing":  # gone in between
+                self._watch_problem("missing", "the upload folder is missing", watcher)
+            else:
+                message = f"cannot watch the upload folder: {type(exc).__name__}: {exc}"
+                self._watch_problem("unwatchable", message, watcher)
             return
         self._watch_trouble, self._watch_backoff, self._folder_checked = None, 0.0, now
         log.warning("watcher.restarted", watcher=watcher.kind, reason=reason, path=str(watcher.root))

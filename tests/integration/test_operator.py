@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,8 +49,8 @@ def key_of(settings, name: str) -> str:
 
 @RCLONE_ONLY
 def test_watcher_follows_a_replaced_then_deleted_upload_folder(make_settings, tmp_path):
-    """`mv upload upload.old && mkdir upload` restarts the watcher on the new folder; a deleted folder is
-    one warning (no error events), and the watcher comes back with it."""
+    """`mv upload upload.old && mkdir upload` restarts the watcher on the new folder; a deleted folder
+    (`rm -rf upload`) is one warning, no error event, and the watcher comes back with it."""
     settings = make_settings(**FAST)
     up = settings.upload_dir_path
     with captured_events() as events, running(settings):
@@ -60,7 +61,7 @@ def test_watcher_follows_a_replaced_then_deleted_upload_folder(make_settings, tm
         path = drop(up, "B0001_NEWDIR_1x1.jpg", b"new folder")
         wait_for(lambda: object_bytes(settings, key_of(settings, path.name)) == b"new folder", timeout=10)
 
-        os.rename(up, tmp_path / "upload.gone")
+        shutil.rmtree(up)
         wait_for(lambda: events_named(events, "watcher.folder_missing"), timeout=10)
         time.sleep(2)  # several supervisor ticks and two retries
         assert len(events_named(events, "watcher.folder_missing")) == 1
