@@ -393,6 +393,7 @@ class Uploader:
                     # Not a failure: the file is being changed. It goes back, and is taken again only
                     # once it is complete (closed, or settled) — with what it then holds.
                     log.info("upload.changed", path=item.rel, reason=str(exc))
+                    item.hint, item.closed_seen = Hint.SCAN, False  # complete again only by a new close, or settled
                     retry = _CHANGED_RETRY
                 except NotRegularFileError as exc:
                     reason = "symlink (not followed)" if exc.kind == "symlink" else f"a {exc.kind}, not a regular file"
@@ -418,6 +419,7 @@ class Uploader:
             if retry is not None:
                 item.remote = UNKNOWN
             self._sched.release(item, now, None if self._stop.is_set() else retry)
+            self.stats.queued = self._sched.queued
             following = self._take(now) if take_next and not self._stop.is_set() else None
             if following is None:
                 self._cond.notify_all()
@@ -507,6 +509,8 @@ class Uploader:
         owners = self.state.key_owners(key, other_than=item.rel)
         if not owners:
             return False
+        if self.transport.head(key) is None:
+            return False  # the object is gone from the bucket (removed on purpose): the key is free again
         now, hashes = read_hashes(item.path, md5=False)
         same = [o for o in owners if o.sha256 == hashes.sha256]
         if same:
@@ -614,7 +618,9 @@ class Uploader:
             moved = move_no_replace(path, self.settings.done_dir, Path(rel).parts)
             log.info("upload.moved", path=rel, key=key, to=str(moved))
         elif policy == "delete":
-            path.unlink()
+            if not _unlink_if_same(path, source):
+                log.info("upload.kept", path=rel, key=key, reason="replaced just before the delete")
+                return
             log.info("upload.deleted", path=rel, key=key)
         with contextlib.suppress(StateError):
             self.state.record_gone(rel)
@@ -632,6 +638,34 @@ def _probe(path: Path) -> Probe:
     if kind != "file":
         return Probe("gone" if kind == "folder" else kind)
     return Probe("file", st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_nlink, st.st_dev)
+
+
+def _unlink_if_same(path: Path, source: LocalStat) -> bool:
+    """Delete ``path`` only if it is still the file ``source`` describes; False (nothing lost) otherwise.
+
+    The file is first renamed to a hidden name beside it (atomic, and ignored by the watcher), so
+    what is checked is what is deleted: a file renamed over ``path`` a moment before is put back.
+    """
+    aside = path.with_name(f".s3sync-delete-{os.getpid()}-{threading.get_ident()}")
+    try:
+        path.rename(aside)
+    except FileNotFoundError:
+        return True  # gone already
+    try:
+        st = aside.lstat()
+        # The rename itself moved the ctime: the inode, size and mtime say it is the same file (its
+        # ctime was compared by the caller's lstat just before).
+        if stat.S_ISREG(st.st_mode) and (st.st_ino, st.st_size, st.st_mtime_ns) == (
+            source.ino or st.st_ino,
+            source.size,
+            source.mtime_ns,
+        ):
+            aside.unlink()
+            return True
+    except OSError:
+        pass
+    move_no_replace(aside, path.parent, (path.name,))  # not ours to delete: back under its name (or name.1)
+    return False
 
 
 def _exists(path: Path) -> bool:

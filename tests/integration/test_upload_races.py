@@ -349,3 +349,25 @@ def test_sigterm_with_a_worker_stuck_in_a_request_exits_within_the_timeout(make_
     assert proc.returncode == 0, err[-2000:]
     assert took < 1 + 5 + 5, f"took {took:.1f} s to stop"  # the timeout, the abort grace, start-up slack
     assert "daemon.workers_abandoned" in err
+
+
+def test_a_key_whose_object_was_removed_is_free_again(make_settings):
+    """Item 4: ownership protects what is in the bucket; once the object is gone, another path may take the key."""
+    from s3sync.transport import make_client
+
+    settings = make_settings(**FAST)
+    name = "CF0004_BLUE_320x320.jpg"
+    key = key_of(settings, name)
+    for who in ("alice", "bob"):
+        (settings.upload_dir_path / who).mkdir()
+    (settings.upload_dir_path / "alice" / name).write_bytes(b"alice")
+    os.utime(settings.upload_dir_path / "alice" / name, (time.time() - 60, time.time() - 60))
+    assert Service(settings).sync_once(mirror=False).uploaded == 1
+    (settings.upload_dir_path / "bob" / name).write_bytes(b"bob")
+    os.utime(settings.upload_dir_path / "bob" / name, (time.time() - 60, time.time() - 60))
+    assert Service(settings).sync_once(mirror=False).conflicts == 1
+    assert object_bytes(settings, key) == b"alice"
+    make_client(settings).delete_object(Bucket=settings.require_bucket(), Key=key)
+    summary = Service(settings).sync_once(mirror=False, retry_rejected=True)
+    assert (summary.uploaded, summary.conflicts) == (1, 0)
+    assert object_bytes(settings, key) == b"bob"
