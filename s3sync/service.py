@@ -290,14 +290,8 @@ class Service:
         return assess(self.health_snapshot()).alive
 
     def _stalled_workers(self) -> tuple[str, ...]:
-        """Upload workers stuck on one file, when the uploader can tell (``stalled_workers()``)."""
-        probe = getattr(self.uploader, "stalled_workers", None)
-        if probe is None:
-            return ()
-        try:
-            return tuple(str(w) for w in probe())
-        except Exception:  # noqa: BLE001 - a probe that fails must not take health down with it
-            return ()
+        """The files whose upload made no progress for ``S3_LOOP_STALL_SECONDS`` (a stuck worker)."""
+        return tuple(self.uploader.stalled_workers()) if self.uploader is not None else ()
 
     def _stalled_loops(self) -> list[str]:
         """Why the daemon is not healthy right now: each loop that died or stopped ticking."""
