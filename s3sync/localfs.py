@@ -206,31 +206,33 @@ def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
 _renameat2 = _load_renameat2()
 
 
-def _rename_no_replace(src: Path, dir_fd: int, name: str) -> None:
-    """Rename ``src`` to ``name`` in the folder ``dir_fd``; FileExistsError when that name is taken.
+def _rename_no_replace(src_fd: int, src: str, dir_fd: int, name: str) -> None:
+    """Rename ``src`` (in the folder ``src_fd``) to ``name`` in the folder ``dir_fd``; FileExistsError
+    when that name is taken.
 
     ``renameat2(RENAME_NOREPLACE)`` where the kernel and file system have it, else a hard link
     (which never replaces) and an unlink, else (another file system) an exclusive copy.
     """
     if _renameat2 is not None:
-        if _renameat2(_AT_FDCWD, os.fsencode(src), dir_fd, os.fsencode(name), _RENAME_NOREPLACE) == 0:
+        if _renameat2(src_fd, os.fsencode(src), dir_fd, os.fsencode(name), _RENAME_NOREPLACE) == 0:
             return
         err = ctypes.get_errno()
         if err not in {errno.EINVAL, errno.ENOSYS, errno.EXDEV}:
-            raise OSError(err, os.strerror(err), str(src))
+            raise OSError(err, os.strerror(err), src)
     try:
-        os.link(src, name, dst_dir_fd=dir_fd, follow_symlinks=False)
+        os.link(src, name, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
     except OSError as exc:
         if exc.errno not in {errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP}:
             raise
-        _copy_exclusive(src, dir_fd, name)
-    os.unlink(src)  # noqa: PTH108 - the durable-write path speaks os.*
+        _copy_exclusive(src_fd, src, dir_fd, name)
+    os.unlink(src, dir_fd=src_fd)
 
 
-def _copy_exclusive(src: Path, dir_fd: int, name: str) -> None:
+def _copy_exclusive(src_fd: int, src: str, dir_fd: int, name: str) -> None:
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
     try:
-        with open(os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        with open(os.open(src, flags, dir_fd=src_fd), "rb") as f:
             while chunk := f.read(_CHUNK):
                 os.write(fd, chunk)
         os.fsync(fd)
@@ -259,28 +261,49 @@ def unique_names(name: str) -> Iterator[str]:
         yield f"{stem}.{n}{dot}{ext}"
 
 
-def move_no_replace(src: Path, root: Path, segments: Sequence[str], *, attempts: int = 10_000) -> Path:
+def move_no_replace(
+    src: Path,
+    root: Path,
+    segments: Sequence[str],
+    *,
+    src_root: Path | None = None,
+    src_segments: Sequence[str] = (),
+    attempts: int = 10_000,
+) -> Path:
     """Move ``src`` to ``root/segments``, never over an existing file: a taken name gets a suffix.
 
-    Folders below ``root`` are created and walked without following symlinks. Returns the path
-    the file now has.
+    Folders below ``root`` are created and walked without following symlinks; so is the source's
+    path below ``src_root`` when given (``src_segments``: the source's parts below it). Returns
+    the path the file now has.
     """
     if not segments:
         raise LocalFileError("empty target path", path=str(root))
-    fd = open_dir_under(root, segments[:-1], create=True)
+    if src_root is not None and src_segments:
+        src_fd = open_dir_under(src_root, src_segments[:-1], create=False)
+        src_name = src_segments[-1]
+    else:
+        try:
+            src_fd = os.open(src.parent, _DIR_FLAGS)
+        except OSError as exc:
+            raise LocalFileError(f"cannot move {str(src)!r}: {exc.strerror}", path=str(src)) from exc
+        src_name = src.name
     try:
-        for name in itertools.islice(unique_names(segments[-1]), attempts):
-            try:
-                _rename_no_replace(src, fd, name)
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise LocalFileError(f"cannot move {str(src)!r}: {exc.strerror}", path=str(src)) from exc
-            with contextlib.suppress(OSError):
-                os.fsync(fd)
-            return root.joinpath(*segments[:-1], name)
+        fd = open_dir_under(root, segments[:-1], create=True)
+        try:
+            for name in itertools.islice(unique_names(segments[-1]), attempts):
+                try:
+                    _rename_no_replace(src_fd, src_name, fd, name)
+                except FileExistsError:
+                    continue
+                except OSError as exc:
+                    raise LocalFileError(f"cannot move {str(src)!r}: {exc.strerror}", path=str(src)) from exc
+                with contextlib.suppress(OSError):
+                    os.fsync(fd)
+                return root.joinpath(*segments[:-1], name)
+        finally:
+            os.close(fd)
     finally:
-        os.close(fd)
+        os.close(src_fd)
     raise LocalFileError(f"cannot move {str(src)!r}: no free name under {str(root)!r}", path=str(src))
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from s3sync.errors import FileChangedError, LocalFileError, NotRegularFileError
-from s3sync.localfs import FileHashes
+from s3sync.localfs import FileHashes, open_dir_under
 from s3sync.plan import LocalStat
 
 __all__ = ["FileHashes", "SourceFile", "file_kind", "identity", "read_hashes"]
@@ -50,13 +50,57 @@ def identity(st: os.stat_result) -> LocalStat:
     return LocalStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
-class SourceFile:
-    """One open of a regular file, for one attempt; use as a context manager."""
+def split_under(path: Path | str, root: Path | None) -> tuple[Path, tuple[str, ...]] | None:
+    """``(root, parts)`` when ``path`` lies below ``root``, else None.
 
-    def __init__(self, path: Path | str) -> None:
+    >>> split_under("/up/a/b.jpg", Path("/up"))
+    (PosixPath('/up'), ('a', 'b.jpg'))
+    >>> split_under("/elsewhere/b.jpg", Path("/up")) is None
+    True
+    """
+    if root is None:
+        return None
+    prefix = os.fspath(root).rstrip(os.sep) + os.sep
+    text = os.fspath(path)
+    if not text.startswith(prefix) or len(text) == len(prefix):
+        return None
+    parts = Path(text[len(prefix) :]).parts
+    if not parts or ".." in parts or parts[0] == os.sep:
+        return None
+    return root, parts
+
+
+def _open_under(root: Path, parts: tuple[str, ...], path: str) -> int:
+    """Open ``root/parts`` read-only, following no symlink below ``root`` (a folder swapped for one)."""
+    try:
+        dir_fd = open_dir_under(root, parts[:-1], create=False)
+    except LocalFileError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, FileNotFoundError):
+            raise LocalFileError(f"{path!r} does not exist (vanished?)", path=path) from cause
+        if isinstance(cause, OSError) and cause.errno in {errno.ELOOP, errno.ENOTDIR}:
+            raise NotRegularFileError(
+                f"{path!r}: a folder on its way is a symlink or a file (not followed)", kind="symlink", path=path
+            ) from None
+        raise
+    try:
+        return os.open(parts[-1], _OPEN_FLAGS, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class SourceFile:
+    """One open of a regular file, for one attempt; use as a context manager.
+
+    With ``root`` (the upload folder), a ``path`` below it is reached one folder at a time
+    without following any symlink: a subfolder swapped for a symlink cannot lead outside.
+    """
+
+    def __init__(self, path: Path | str, *, root: Path | None = None) -> None:
         self.path = os.fspath(path)
+        rooted = split_under(self.path, root)
         try:
-            self.fd = os.open(self.path, _OPEN_FLAGS)
+            self.fd = _open_under(*rooted, self.path) if rooted is not None else os.open(self.path, _OPEN_FLAGS)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise NotRegularFileError(
@@ -150,9 +194,9 @@ class SourceFile:
             raise self._changed("size, mtime or ctime differ")
 
 
-def read_hashes(path: Path | str, *, md5: bool = True) -> tuple[LocalStat, FileHashes]:
+def read_hashes(path: Path | str, *, md5: bool = True, root: Path | None = None) -> tuple[LocalStat, FileHashes]:
     """Hash a regular file safely (no symlink followed, no FIFO opened); its identity and hashes."""
-    with SourceFile(path) as src:
+    with SourceFile(path, root=root) as src:
         hashes = src.hashes(md5=md5)
         src.check_unchanged()
         return src.identity, hashes

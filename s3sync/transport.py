@@ -569,7 +569,7 @@ class Transport:
         progress: Callable[[], None] | None,
     ) -> UploadResult:
         started = time.monotonic()
-        with SourceFile(path) as src:
+        with SourceFile(path, root=self.settings.upload_dir_path) as src:
             if src.size < self.settings.multipart_threshold:
                 result = self._put_small(src, path, res, remote)
             else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -41,7 +42,7 @@ from s3sync.errors import (
     S3SyncError,
     StateError,
 )
-from s3sync.localfs import move_no_replace
+from s3sync.localfs import lstat_under, move_no_replace, open_dir_under, unique_names
 from s3sync.openfiles import OpenWriters
 from s3sync.plan import LocalStat, UploadAction, backoff_delay, is_ignored_name, plan_upload
 from s3sync.schedule import COMPLETE, Entry, Hint, Probe, UploadSchedule
@@ -188,24 +189,35 @@ class Uploader:
             self._cond.notify()
 
     def _walk(self, top: Path) -> Iterator[Path]:
-        stack = [top]
+        """The regular files below ``top``; every folder is opened from the upload folder down,
+        following no symlink (a folder swapped for a symlink between two looks is not entered)."""
+        top_rel = self._rel(top)
+        if top_rel is None:
+            return
+        stack = [top_rel]
         while stack:
-            folder = stack.pop()
+            rel = stack.pop()
             try:
-                with os.scandir(folder) as it:
+                fd = open_dir_under(self.root, self._parts(rel) if rel else (), create=False)
+            except LocalFileError:
+                continue
+            try:
+                with os.scandir(fd) as it:
                     for entry in it:
                         # The folder was accepted: only this entry's own name can make it ignored.
                         name = entry.name
                         if name.startswith(".") or is_ignored_name(name):
                             continue
+                        child = f"{rel}{os.sep}{name}" if rel else name
                         if entry.is_dir(follow_symlinks=False):
-                            p = Path(entry.path)
-                            if not self.ignored(p):
-                                stack.append(p)
+                            if not self.ignored(self.root / child):
+                                stack.append(child)
                         elif entry.is_file(follow_symlinks=False):
-                            yield Path(entry.path)
+                            yield self.root / child
             except OSError:
                 continue
+            finally:
+                os.close(fd)
 
     def candidates(self) -> list[Path]:
         """The files a catch-up or rescan queues: not queued or in flight, and not known to the state
@@ -359,11 +371,25 @@ class Uploader:
 
     def _take(self, now: float) -> Entry | None:
         """The next due file that is ready, now in flight (the lock is held)."""
-        item = self._sched.take(now, _probe, wall=time.time(), on_drop=self._dropped, veto=self._open_writer)
+        item = self._sched.take(now, self._probe, wall=time.time(), on_drop=self._dropped, veto=self._open_writer)
         self.stats.queued = self._sched.queued
         if item is not None:
             self._progress[item.rel] = now
         return item
+
+    def _probe(self, path: Path) -> Probe:
+        """``lstat`` for the schedule, below the upload folder without following symlinks."""
+        rel = self._rel(path)
+        try:
+            st = lstat_under(self.root, self._parts(rel)) if rel else path.lstat()
+        except OSError:
+            return Probe("error")
+        if st is None:
+            return Probe("gone")
+        kind = file_kind(st.st_mode)
+        if kind != "file":
+            return Probe("gone" if kind == "folder" else kind)
+        return Probe("file", st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_nlink, st.st_dev)
 
     def _dropped(self, item: Entry, kind: str) -> None:
         if kind == "symlink":
@@ -445,11 +471,15 @@ class Uploader:
         log.warning("upload.failed", path=item.rel, error=error, attempt=item.attempt, retry_in=round(delay, 2))
         return delay
 
+    def _parts(self, rel: str) -> tuple[str, ...]:
+        return Path(rel).parts
+
     def _process(self, item: Entry) -> None:
         path, rel = item.path, item.rel
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
+        # Every look at the file goes through the upload folder one folder at a time, following no
+        # symlink: a subfolder swapped for a symlink leads nowhere (the path is then "gone").
+        st = lstat_under(self.root, self._parts(rel))
+        if st is None:
             return
         if not stat.S_ISREG(st.st_mode):
             kind = file_kind(st.st_mode)
@@ -471,7 +501,7 @@ class Uploader:
                 self._after_upload(item, rec.key, local, rec.sha256 or "", rec.etag or "")
                 return
             if action is UploadAction.VERIFY:
-                now, hashes = read_hashes(path, md5=False)
+                now, hashes = read_hashes(path, md5=False, root=self.root)
                 if hashes.sha256 == rec.sha256:
                     self._record_stat(rel, now, rec.sha256 or "", res.key, rec.etag or "")
                     self._after_upload(item, res.key, now, rec.sha256 or "", rec.etag or "")
@@ -511,7 +541,7 @@ class Uploader:
             return False
         if self.transport.head(key) is None:
             return False  # the object is gone from the bucket (removed on purpose): the key is free again
-        now, hashes = read_hashes(item.path, md5=False)
+        now, hashes = read_hashes(item.path, md5=False, root=self.root)
         same = [o for o in owners if o.sha256 == hashes.sha256]
         if same:
             # The same bytes under another name: nothing to send, and nothing is overwritten.
@@ -583,7 +613,8 @@ class Uploader:
         moved_to = None
         if self.settings.rejected_dir is not None:
             # Never over an earlier rejected file of the same name (camera names repeat).
-            moved_to = move_no_replace(path, self.settings.rejected_dir, Path(rel).parts)
+            parts = self._parts(rel)
+            moved_to = move_no_replace(path, self.settings.rejected_dir, parts, src_root=self.root, src_segments=parts)
         log.warning("upload.rejected", path=rel, reason=reason, moved_to=str(moved_to) if moved_to else None)
         if moved_to is None:
             self.state.record_rejected(
@@ -601,9 +632,9 @@ class Uploader:
             with contextlib.suppress(StateError):
                 self.state.forget_upload(rel)
             raise IntegrityError(f"s3://{self.transport.bucket}/{key} could not be confirmed; {rel} kept", key=key)
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
+        parts = self._parts(rel)
+        st = lstat_under(self.root, parts)
+        if st is None:
             return
         if not stat.S_ISREG(st.st_mode) or not identity(st).same_file(source):
             return  # changed or replaced since it was read: it is uploaded again, then handled
@@ -615,10 +646,10 @@ class Uploader:
             log.info("upload.kept", path=rel, key=key, reason="still open for writing; handled after it is closed")
             return
         if policy == "move" and self.settings.done_dir is not None:
-            moved = move_no_replace(path, self.settings.done_dir, Path(rel).parts)
+            moved = move_no_replace(path, self.settings.done_dir, parts, src_root=self.root, src_segments=parts)
             log.info("upload.moved", path=rel, key=key, to=str(moved))
         elif policy == "delete":
-            if not _unlink_if_same(path, source):
+            if not _unlink_if_same(self.root, parts, source):
                 log.info("upload.kept", path=rel, key=key, reason="replaced just before the delete")
                 return
             log.info("upload.deleted", path=rel, key=key)
@@ -626,46 +657,46 @@ class Uploader:
             self.state.record_gone(rel)
 
 
-def _probe(path: Path) -> Probe:
-    """``lstat`` for the schedule."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return Probe("gone")
-    except OSError:
-        return Probe("error")
-    kind = file_kind(st.st_mode)
-    if kind != "file":
-        return Probe("gone" if kind == "folder" else kind)
-    return Probe("file", st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_nlink, st.st_dev)
-
-
-def _unlink_if_same(path: Path, source: LocalStat) -> bool:
-    """Delete ``path`` only if it is still the file ``source`` describes; False (nothing lost) otherwise.
+def _unlink_if_same(root: Path, parts: tuple[str, ...], source: LocalStat) -> bool:
+    """Delete ``root/parts`` only if it is still the file ``source`` describes; False (nothing lost) otherwise.
 
     The file is first renamed to a hidden name beside it (atomic, and ignored by the watcher), so
-    what is checked is what is deleted: a file renamed over ``path`` a moment before is put back.
+    what is checked is what is deleted: a file renamed over it a moment before is put back. The
+    folder is reached without following symlinks.
     """
-    aside = path.with_name(f".s3sync-delete-{os.getpid()}-{threading.get_ident()}")
     try:
-        path.rename(aside)
-    except FileNotFoundError:
-        return True  # gone already
+        dir_fd = open_dir_under(root, parts[:-1], create=False)
+    except LocalFileError:
+        return False
+    name = parts[-1]
+    aside = f".s3sync-delete-{os.getpid()}-{threading.get_ident()}"
     try:
-        st = aside.lstat()
-        # The rename itself moved the ctime: the inode, size and mtime say it is the same file (its
-        # ctime was compared by the caller's lstat just before).
-        if stat.S_ISREG(st.st_mode) and (st.st_ino, st.st_size, st.st_mtime_ns) == (
-            source.ino or st.st_ino,
-            source.size,
-            source.mtime_ns,
-        ):
-            aside.unlink()
-            return True
-    except OSError:
-        pass
-    move_no_replace(aside, path.parent, (path.name,))  # not ours to delete: back under its name (or name.1)
-    return False
+        try:
+            os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except FileNotFoundError:
+            return True  # gone already
+        try:
+            st = os.stat(aside, dir_fd=dir_fd, follow_symlinks=False)
+            # The rename itself moved the ctime: the inode, size and mtime say it is the same file
+            # (its ctime was compared by the caller's lstat just before).
+            same = (st.st_ino, st.st_size, st.st_mtime_ns) == (source.ino or st.st_ino, source.size, source.mtime_ns)
+            if stat.S_ISREG(st.st_mode) and same:
+                os.unlink(aside, dir_fd=dir_fd)
+                return True
+        except OSError:
+            pass
+        # Not ours to delete: back under its name (or name.1 if that was taken meanwhile).
+        with contextlib.suppress(OSError):
+            for candidate in itertools.islice(unique_names(name), 1000):
+                try:
+                    os.link(aside, candidate, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+                except FileExistsError:
+                    continue
+                os.unlink(aside, dir_fd=dir_fd)
+                break
+        return False
+    finally:
+        os.close(dir_fd)
 
 
 def _exists(path: Path) -> bool:

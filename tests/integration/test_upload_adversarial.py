@@ -145,11 +145,6 @@ class Writer:
 # --- 1. a folder of the path swapped for a symlink: O_NOFOLLOW guards only the last component ------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="O_NOFOLLOW covers only the last path component: a subfolder renamed away and replaced by a "
-    "symlink makes the retry read (and delete) a file outside the upload folder",
-)
 def test_subfolder_swapped_for_a_symlink_never_leaks_nor_deletes_outside(make_settings, fault_proxy, tmp_path):
     private = tmp_path / "private"  # the daemon user's own files, not the drop group's
     private.mkdir()
@@ -181,11 +176,6 @@ def test_subfolder_swapped_for_a_symlink_never_leaks_nor_deletes_outside(make_se
     assert secret.read_bytes() == SECRET
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the rejected-folder move follows a symlinked subfolder: a file outside the upload folder "
-    "(any name, e.g. a credential) is moved into S3_REJECTED_DIR",
-)
 def test_subfolder_swapped_for_a_symlink_never_moves_an_outside_file_to_rejected(make_settings, tmp_path):
     private = tmp_path / "private"
     private.mkdir()
