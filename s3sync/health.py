@@ -105,6 +105,13 @@ def _mirror_age_limit(s: HealthSnapshot) -> float:
     return s.max_mirror_age or (3 * s.mirror_interval + 60)
 
 
+def _names(items: tuple[str, ...], shown: int = 5) -> str:
+    """Up to ``shown`` names on one line: a file name may hold a newline or a control character."""
+    names = [n if n.isprintable() else repr(n) for n in sorted(items)]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def _plural(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
@@ -120,7 +127,7 @@ def assess(s: HealthSnapshot) -> Health:
     else:
         fatal.extend(s.stalled_loops)
         if s.stalled_workers:
-            fatal.append(f"upload worker stuck: {', '.join(sorted(s.stalled_workers))}")
+            fatal.append(f"upload worker stuck: {_names(s.stalled_workers)}")
         reasons.extend(fatal)
         if s.upload_folder_missing:
             reasons.append("the upload folder is missing (waiting for it to come back)")

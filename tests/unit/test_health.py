@@ -39,6 +39,9 @@ def test_a_stalled_upload_worker_is_unhealthy():
     assert not h.healthy
     assert not h.alive
     assert h.reasons == ("upload worker stuck: s3sync-upload-0, s3sync-upload-2",)
+    odd = assess(fresh(stalled_workers=("a\nb.jpg", *(f"{i}.jpg" for i in range(6)))))
+    assert odd.reasons == ("upload worker stuck: 0.jpg, 1.jpg, 2.jpg, 3.jpg, 4.jpg and 2 more",)
+    assert assess(fresh(stalled_workers=("a\nb.jpg",))).reasons == ("upload worker stuck: 'a\\nb.jpg'",)
 
 
 def test_an_old_mirror_is_unhealthy_but_a_restart_would_not_help():
