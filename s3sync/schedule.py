@@ -189,8 +189,8 @@ class UploadSchedule:
 
         ``wall`` is the time of day (for the age of an mtime); ``on_drop(entry, reason)`` hears of
         queued paths that are no longer regular files (reason "" when simply gone). ``veto(entry,
-        probe)`` is asked about a file that is ready by the settle time alone (no close seen): True
-        keeps it waiting (a process still writes to it).
+        probe)`` is asked about a file that would be ready: True keeps it waiting (a process still
+        writes to it; a close or a rename into the folder says one writer is done, not every one).
         """
         while self._heap:
             due, _, rel = self._heap[0]
@@ -245,7 +245,7 @@ class UploadSchedule:
             writing=writing,
             close_events=self.close_events,
         )
-        if ready and item.hint not in COMPLETE and veto is not None and veto(item, seen):
+        if ready and veto is not None and veto(item, seen):
             return False
         item.unclosed = ready and writing
         return ready

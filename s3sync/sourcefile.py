@@ -16,6 +16,7 @@ import errno
 import hashlib
 import os
 import stat
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -120,6 +121,8 @@ class SourceFile:
             raise NotRegularFileError(f"{self.path!r} is a {kind}, not a regular file", kind=kind, path=self.path)
         #: Size, mtime, ctime and inode at the open: what every check compares with.
         self.identity = identity(self.stat)
+        #: CRC-32 of each part, from :meth:`hashes` with ``part_size``.
+        self.part_crcs: list[int] = []
 
     @property
     def size(self) -> int:
@@ -169,20 +172,41 @@ class SourceFile:
             raise self._changed("it grew")
         return data
 
-    def hashes(self, *, md5: bool = True, progress: Callable[[], None] | None = None) -> FileHashes:
-        """SHA-256 (and MD5) of exactly :attr:`size` bytes from the descriptor."""
+    def hashes(
+        self, *, md5: bool = True, progress: Callable[[], None] | None = None, part_size: int = 0
+    ) -> FileHashes:
+        """SHA-256 (and MD5) of exactly :attr:`size` bytes from the descriptor.
+
+        With ``part_size``, also a CRC-32 of each part (:attr:`part_crcs`): a part read again to be
+        sent must match it, or the bytes sent are not the bytes hashed (a writer through a shared
+        mapping changes a file without moving its mtime or ctime).
+        """
         sha = hashlib.sha256()
         m = hashlib.md5(usedforsecurity=False) if md5 else None
+        crcs: list[int] = []
         offset = 0
         while offset < self.size:
-            chunk = self.pread_exact(offset, min(_CHUNK, self.size - offset))
+            end = min(self.size, offset + _CHUNK)
+            if part_size:
+                end = min(end, (offset // part_size + 1) * part_size)
+            chunk = self.pread_exact(offset, end - offset)
             sha.update(chunk)
             if m is not None:
                 m.update(chunk)
-            offset += len(chunk)
+            if part_size:
+                if offset % part_size == 0:
+                    crcs.append(0)
+                crcs[-1] = zlib.crc32(chunk, crcs[-1])
+            offset = end
             if progress is not None:
                 progress()
+        self.part_crcs = crcs
         return FileHashes(self.size, sha.hexdigest(), m.hexdigest() if m else "")
+
+    def check_part(self, number: int, data: bytes) -> None:
+        """Raise :class:`FileChangedError` unless part ``number`` (from 1) is the part that was hashed."""
+        if zlib.crc32(data) != self.part_crcs[number - 1]:
+            raise self._changed(f"part {number} differs from what was hashed")
 
     def check_unchanged(self) -> None:
         """Raise :class:`FileChangedError` unless the file is as it was at the open (size, mtime, ctime, inode)."""

@@ -469,9 +469,21 @@ class State:
         ctime_ns: int = 0,
         ino: int = 0,
         rules: str | None = None,
+        sha256: str | None = None,
     ) -> None:
-        """Remember that ``path`` maps to ``key``, which another path owns: kept, not uploaded."""
-        self._record(path, "conflict", size, mtime_ns, key=key, reason=reason, ctime_ns=ctime_ns, ino=ino, rules=rules)
+        """Remember that ``path`` (with these bytes) maps to ``key``, which another path owns: kept, not uploaded."""
+        self._record(
+            path,
+            "conflict",
+            size,
+            mtime_ns,
+            key=key,
+            reason=reason,
+            ctime_ns=ctime_ns,
+            ino=ino,
+            rules=rules,
+            sha256=sha256,
+        )
 
     def record_gone(self, path: str) -> None:
         """``path`` was moved or deleted after its upload: keep which key it owns, forget its stat."""
@@ -483,6 +495,16 @@ class State:
             return []
         rows = self._read(
             f"{self._upload_select} WHERE key = ? AND path != ? AND status IN ('uploaded', 'gone')",
+            (key, other_than),
+        )
+        return [UploadRecord(*r) for r in rows]  # type: ignore[arg-type]
+
+    def key_conflicts(self, key: str, *, other_than: str) -> list[UploadRecord]:
+        """Conflict verdicts of other paths for ``key`` (a file held back, perhaps moved since)."""
+        if self._foreign_uploads:
+            return []
+        rows = self._read(
+            f"{self._upload_select} WHERE key = ? AND path != ? AND status = 'conflict'",
             (key, other_than),
         )
         return [UploadRecord(*r) for r in rows]  # type: ignore[arg-type]

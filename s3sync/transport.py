@@ -648,14 +648,14 @@ class Transport:
             # a part thread build it while this one hashes the file (hashlib runs without the GIL).
             with contextlib.suppress(RuntimeError):  # the pool is shut down: the transport is closing
                 self._parts.submit(lambda: self.client)
-        sha = src.hashes(md5=False, progress=progress)
+        chunk = max(self.settings.multipart_chunksize, math.ceil(size / _MAX_PARTS))
+        sha = src.hashes(md5=False, progress=progress, part_size=chunk)
         src.check_unchanged()
         known = self._remote(res.key, remote)
         if known is not None and known.size == size and known.sha256 is None:
             known = self.head(res.key)
         if known is not None and known.same_content(size, sha.sha256, None):
             return UploadResult(res.key, path, 0, sha.sha256, known.etag, True, True, 0)
-        chunk = max(self.settings.multipart_chunksize, math.ceil(size / _MAX_PARTS))
         nparts = max(1, math.ceil(size / chunk))
         if res.key in self._orphan_suspects:
             self._sweep_orphans(res.key)
@@ -745,6 +745,7 @@ class Transport:
                 raise UploadError("transport closed", key=res.key)
             offset = (number - 1) * chunk
             data = src.pread_exact(offset, min(chunk, size - offset))  # short: changed, the upload is aborted
+            src.check_part(number, data)  # the bytes sent are the bytes the SHA-256 metadata was computed from
             digest = hashlib.md5(data, usedforsecurity=False).digest()
             resp: Mapping[str, Any]
             if self.fast is not None:

@@ -45,7 +45,7 @@ from s3sync.errors import (
 from s3sync.localfs import lstat_under, move_no_replace, open_dir_under, unique_names
 from s3sync.openfiles import OpenWriters
 from s3sync.plan import LocalStat, UploadAction, backoff_delay, is_ignored_name, plan_upload
-from s3sync.schedule import COMPLETE, Entry, Hint, Probe, UploadSchedule
+from s3sync.schedule import Entry, Hint, Probe, UploadSchedule
 from s3sync.settings import Settings
 from s3sync.sourcefile import file_kind, identity, read_hashes
 from s3sync.state import State, UploadRecord
@@ -536,6 +536,9 @@ class Uploader:
         """True (and one ``upload.conflict``) when another path owns ``key`` with other content."""
         if self.settings.upload_on_conflict == "overwrite":
             return False
+        held = self.state.key_conflicts(key, other_than=item.rel)
+        if held and self._held_back(item, key, local, held):
+            return True
         owners = self.state.key_owners(key, other_than=item.rel)
         if not owners:
             return False
@@ -552,6 +555,27 @@ class Uploader:
             self._after_upload(item, key, now, hashes.sha256, owner.etag or "")
             return True
         other = owners[0].path
+        self._conflict(item, key, now, hashes.sha256, other)
+        return True
+
+    def _held_back(self, item: Entry, key: str, local: LocalStat, held: list[UploadRecord]) -> bool:
+        """True when this file is one held back as a conflict elsewhere, moved here (same inode or bytes).
+
+        Moving the conflicting file onto the owner's path (its record says the owner's file is
+        gone) must not turn the verdict into an update of the owner's object.
+        """
+        match = next((r for r in held if r.ino and r.ino == local.ino), None)
+        now, sha256 = local, None
+        if match is None:
+            now, hashes = read_hashes(item.path, md5=False, root=self.root)
+            sha256 = hashes.sha256
+            match = next((r for r in held if r.sha256 and r.sha256 == sha256), None)
+        if match is None:
+            return False
+        self._conflict(item, key, now, sha256 or match.sha256, match.path)
+        return True
+
+    def _conflict(self, item: Entry, key: str, now: LocalStat, sha256: str | None, other: str) -> None:
         self.state.record_conflict(
             item.rel,
             now.size,
@@ -561,6 +585,7 @@ class Uploader:
             ctime_ns=now.ctime_ns,
             ino=now.ino,
             rules=self._rules,
+            sha256=sha256,
         )
         self.stats.conflicts += 1
         log.warning(
@@ -572,7 +597,6 @@ class Uploader:
         )
         if self._on_result is not None:
             self._on_result("conflict", 0, 0.0)
-        return True
 
     def _record_stat(self, rel: str, local: LocalStat, sha256: str, key: str, etag: str) -> None:
         self.state.record_uploaded(
@@ -627,6 +651,7 @@ class Uploader:
         if policy == "keep" or self.dry_run:
             return
         path, rel = item.path, item.rel
+        confirming = time.monotonic()
         if not self.transport.confirm(key, source.size, sha256, etag):
             # The bucket does not hold these bytes (lost, truncated, overwritten): upload again.
             with contextlib.suppress(StateError):
@@ -642,7 +667,7 @@ class Uploader:
         # written yet): a writer may come back. A file seen only created with data in it is a hard
         # link or came with a folder moved in: the open descriptors decide for it.
         holding = item.writing and (item.written or source.size == 0)
-        if holding or (item.hint not in COMPLETE and self._writers.is_open_for_writing(st.st_dev, st.st_ino)):
+        if holding or self._writers.is_open_for_writing(st.st_dev, st.st_ino, since=confirming):
             log.info("upload.kept", path=rel, key=key, reason="still open for writing; handled after it is closed")
             return
         if policy == "move" and self.settings.done_dir is not None:

@@ -3,8 +3,11 @@ still open. Each test stages its race deterministically (the fault proxy's hold,
 or a writer in a child process: the daemon's /proc look skips its own process) and asserts the
 outcome in the bucket (bytes, SHA-256) and on disk.
 
-Every test here fails on the code it was written against and is marked ``xfail(strict=True)``:
-when a fix lands, the test XPASSes, the suite says so, and the mark is to be removed.
+Every test here failed on the code it was written against (the first upload fix of issue 17)
+and passes since the holes were closed: paths walked from the upload folder down without
+following symlinks, a fresh look at /proc (any name of the inode) before a move or delete and
+before any upload, a CRC-32 per part between the hash pass and the send pass, and conflict
+verdicts that follow the held-back file (inode or bytes) to another path.
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import pytest
 
 from s3sync.resource import Resource
 from tests.integration.daemon_helpers import (
@@ -203,11 +204,6 @@ def test_subfolder_swapped_for_a_symlink_never_moves_an_outside_file_to_rejected
 # --- 2. open writers the daemon does not look for -------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_after_upload skips the /proc look when the last hint was 'closed' or 'moved' (and reuses a "
-    "snapshot up to 1 s old): a writer that reopened the file for append is unlinked under",
-)
 def test_delete_never_unlinks_a_file_reopened_for_writing(make_settings, fault_proxy):
     settings = make_settings(endpoint_url=fault_proxy.endpoint, **FAST, after_upload="delete")
     name = "B0102_APPEND_1x1.jpg"
@@ -233,11 +229,6 @@ def test_delete_never_unlinks_a_file_reopened_for_writing(make_settings, fault_p
     assert object_bytes(settings, key) == b"header;body"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a file renamed into the folder ('moved') is uploaded and deleted while a process still holds "
-    "it open for writing: the /proc look is skipped for complete hints",
-)
 def test_file_moved_in_while_still_open_is_not_uploaded_half_nor_deleted(make_settings, tmp_path):
     settings = make_settings(**FAST, after_upload="delete")
     name = "B0103_EARLYMOVE_1x1.jpg"
@@ -259,11 +250,6 @@ def test_file_moved_in_while_still_open_is_not_uploaded_half_nor_deleted(make_se
         writer.kill()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OpenWriters keeps only descriptors whose /proc link text is under the upload folder: a file "
-    "written elsewhere and hard-linked in is not seen as open, and goes up half-written",
-)
 def test_hard_link_of_a_file_still_being_written_elsewhere_is_not_uploaded_half(make_settings, tmp_path):
     settings = make_settings(**FAST)
     name = "B0104_LINKED_1x1.jpg"
@@ -290,11 +276,6 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="multipart: the SHA-256 metadata comes from a first read pass, the parts from a second; a "
-    "shared mapping written again (no fault, so no mtime/ctime change) makes the two differ",
-)
 def test_multipart_sha256_metadata_is_that_of_the_bytes_sent(make_settings, fault_proxy, tmp_path):
     settings = make_settings(endpoint_url=fault_proxy.endpoint, **FAST, **MULTIPART)
     name = "B0105_MMAP_1x1.jpg"
@@ -333,11 +314,6 @@ def test_multipart_sha256_metadata_is_that_of_the_bytes_sent(make_settings, faul
 # --- 4. the conflict rule: a path is not a person -----------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a file judged a conflict is uploaded over the owner's object once it is moved to the owner's "
-    "path, whose record is 'gone' after S3_AFTER_UPLOAD=delete (the verdict is tied to the path only)",
-)
 def test_conflicting_file_moved_to_the_owners_gone_path_does_not_overwrite(make_settings):
     settings = make_settings(**FAST, after_upload="delete")
     name = "CF0101_WHITE_320x320.jpg"

@@ -69,12 +69,12 @@ def test_veto_keeps_a_settled_file_that_a_process_still_writes():
     assert s.take(1.0, probe_of(OLD), wall=1e9, veto=lambda e, p: False) is not None
 
 
-def test_veto_is_not_asked_after_a_close():
+def test_veto_is_asked_after_a_close_too():
+    """A close (or a rename in) says one writer is done, not that no process still writes to the file."""
     s = UploadSchedule(settle_seconds=2.0, close_events=True)
-    s.note("a", P, Hint.CLOSED, now=0.0)
-    asked: list[str] = []
-    assert s.take(0.0, probe_of(OLD), wall=1e9, veto=lambda e, p: asked.append(e.rel) or True) is not None
-    assert asked == []
+    s.note("a", P, Hint.MOVED, now=0.0)
+    assert s.take(0.0, probe_of(OLD), wall=1e9, veto=lambda e, p: True) is None
+    assert s.take(1.0, probe_of(OLD), wall=1e9, veto=lambda e, p: False) is not None
 
 
 def test_a_change_after_close_waits_again():
