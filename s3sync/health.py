@@ -18,8 +18,9 @@ broken mirror; a mirror whose listing fails is.
 >>> h = assess(HealthSnapshot(now=100.0, started=0.0, conflicts=2))
 >>> h.healthy, h.warnings
 (True, ('2 key conflicts in the last mirror pass',))
->>> assess(HealthSnapshot(now=100.0, started=0.0, stalled_workers=("upload-3",))).alive
-False
+>>> h = assess(HealthSnapshot(now=100.0, started=0.0, stalled_workers=("upload-3",)))
+>>> h.healthy, h.alive  # red, but no restart: a slow link is not cured by one
+(False, True)
 """
 
 from __future__ import annotations
@@ -126,9 +127,11 @@ def assess(s: HealthSnapshot) -> Health:
         reasons.append(f"no status from the daemon for {int(s.now - s.reported_at)} s (killed or stuck)")
     else:
         fatal.extend(s.stalled_loops)
-        if s.stalled_workers:
-            fatal.append(f"upload worker stuck: {_names(s.stalled_workers)}")
         reasons.extend(fatal)
+        if s.stalled_workers:
+            # Red, but no restart: one request on a slow link can outlast S3_LOOP_STALL_SECONDS
+            # (progress is counted per part), and the other workers go on meanwhile.
+            reasons.append(f"upload worker stuck: {_names(s.stalled_workers)}")
         if s.upload_folder_missing:
             reasons.append("the upload folder is missing (waiting for it to come back)")
         elif not s.watcher_running:

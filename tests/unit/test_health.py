@@ -34,10 +34,10 @@ def test_a_stuck_loop_is_unhealthy_and_stops_the_watchdog():
 
 
 def test_a_stalled_upload_worker_is_unhealthy():
-    """Any stalled worker makes the daemon unhealthy and stops the watchdog pings."""
+    """Any stalled worker makes the daemon unhealthy; the watchdog pings go on (a slow link is no hang)."""
     h = assess(fresh(stalled_workers=("s3sync-upload-2", "s3sync-upload-0")))
     assert not h.healthy
-    assert not h.alive
+    assert h.alive
     assert h.reasons == ("upload worker stuck: s3sync-upload-0, s3sync-upload-2",)
     odd = assess(fresh(stalled_workers=("a\nb.jpg", *(f"{i}.jpg" for i in range(6)))))
     assert odd.reasons == ("upload worker stuck: 0.jpg, 1.jpg, 2.jpg, 3.jpg, 4.jpg and 2 more",)
@@ -135,11 +135,11 @@ def test_warning_counts_never_change_the_verdict(s, conflicts, unsafe, local, fa
 
 @given(snapshots)
 def test_a_stuck_worker_is_always_unhealthy_while_running(s):
-    """A running, reporting daemon with a stalled worker is unhealthy and not alive."""
+    """A running, reporting daemon with a stalled worker is unhealthy, whatever else holds."""
     stuck = dataclasses.replace(s, running=True, reported_at=None, stalled_workers=("w",))
     h = assess(stuck)
     assert not h.healthy
-    assert not h.alive
+    assert any(r.startswith("upload worker stuck") for r in h.reasons)
 
 
 def test_stale_limit_is_the_documented_one():
