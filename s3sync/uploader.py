@@ -564,7 +564,9 @@ class Uploader:
         Moving the conflicting file onto the owner's path (its record says the owner's file is
         gone) must not turn the verdict into an update of the owner's object.
         """
-        match = next((r for r in held if r.ino and r.ino == local.ino), None)
+        # The same inode, size and mtime: moved here (an inode number alone is reused once freed).
+        moved = (local.ino, local.size, local.mtime_ns)
+        match = next((r for r in held if r.ino and (r.ino, r.size, r.mtime_ns) == moved), None)
         now, sha256 = local, None
         if match is None:
             now, hashes = read_hashes(item.path, md5=False, root=self.root)
