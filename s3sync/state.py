@@ -489,22 +489,13 @@ class State:
         """``path`` was moved or deleted after its upload: keep which key it owns, forget its stat."""
         self._write("UPDATE uploads SET status = 'gone', updated = ? WHERE path = ?", (time.time(), path))
 
-    def key_owners(self, key: str, *, other_than: str) -> list[UploadRecord]:
-        """Records of paths other than ``other_than`` whose content is (or was) at ``key``."""
+    def key_records(self, key: str, *, other_than: str) -> list[UploadRecord]:
+        """Records of paths other than ``other_than`` for ``key``: owners (status ``uploaded`` or
+        ``gone``: their content is, or was, at the key) and conflict verdicts (held back from it)."""
         if self._foreign_uploads:
             return []
         rows = self._read(
-            f"{self._upload_select} WHERE key = ? AND path != ? AND status IN ('uploaded', 'gone')",
-            (key, other_than),
-        )
-        return [UploadRecord(*r) for r in rows]  # type: ignore[arg-type]
-
-    def key_conflicts(self, key: str, *, other_than: str) -> list[UploadRecord]:
-        """Conflict verdicts of other paths for ``key`` (a file held back, perhaps moved since)."""
-        if self._foreign_uploads:
-            return []
-        rows = self._read(
-            f"{self._upload_select} WHERE key = ? AND path != ? AND status = 'conflict'",
+            f"{self._upload_select} WHERE key = ? AND path != ? AND status IN ('uploaded', 'gone', 'conflict')",
             (key, other_than),
         )
         return [UploadRecord(*r) for r in rows]  # type: ignore[arg-type]

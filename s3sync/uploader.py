@@ -536,10 +536,13 @@ class Uploader:
         """True (and one ``upload.conflict``) when another path owns ``key`` with other content."""
         if self.settings.upload_on_conflict == "overwrite":
             return False
-        held = self.state.key_conflicts(key, other_than=item.rel)
+        records = self.state.key_records(key, other_than=item.rel)
+        if not records:
+            return False
+        held = [r for r in records if r.status == "conflict"]
         if held and self._held_back(item, key, local, held):
             return True
-        owners = self.state.key_owners(key, other_than=item.rel)
+        owners = [r for r in records if r.status != "conflict"]
         if not owners:
             return False
         if self.transport.head(key) is None:
