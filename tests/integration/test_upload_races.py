@@ -97,42 +97,48 @@ def test_symlink_swapped_in_during_upload_never_leaks(make_settings, fault_proxy
 
 
 def test_cp_p_during_multipart_never_leaves_a_truncated_object(make_settings, fault_proxy):
-    """Item 2: the file is cut short and rewritten (same size, mtime restored) while parts are read.
+    """Item 2: the file is cut short while its parts are read, then rewritten whole with its mtime
+    restored (cp -p) before the upload would complete.
 
-    Parts read short and a ctime that moved both discard the attempt (the multipart upload is
-    aborted); the object in the bucket is the whole file, and its SHA-256 metadata matches it.
+    Before the fix the short parts went up, the size + mtime check after the upload saw nothing,
+    and a truncated object was recorded as done and never repaired. Now a short read discards the
+    attempt (the multipart upload is aborted); the object is the whole new file, its SHA-256
+    metadata matches it, and so does the state.
     """
     settings = make_settings(endpoint_url=fault_proxy.endpoint, **FAST, **MULTIPART)
     name = "B0002_COPY_1x1.jpg"
     key = key_of(settings, name)
-    held = Fault("hold", match=part_of(key, 1), times=1, seconds=30)
-    fault_proxy.set_faults([held])
+    first_part = Fault("hold", match=part_of(key, 1), times=1, seconds=30)
+    completing = Fault(
+        "hold", match=lambda m, t, h: m == "POST" and key in t and "uploadId=" in t, times=1, seconds=30
+    )
+    fault_proxy.set_faults([first_part, completing])
     first = os.urandom(12 * MIB)
     second = os.urandom(12 * MIB)
     with captured_events() as events, running(settings) as service:
         path = drop(settings.upload_dir_path, name, first)
         st = path.stat()
-        assert held.reached.wait(20)
-        # cp -p over the file: truncate, write the new bytes, restore mtime (size is the same).
+        assert first_part.reached.wait(20)
         with open(path, "r+b") as f:
-            f.truncate(3 * MIB)
+            f.truncate(3 * MIB)  # cp -p over the file: first it is cut short...
             f.flush()
-            held.release.set()  # the other parts are read now, from a file cut short
-            time.sleep(0.5)
+            first_part.release.set()  # ... while the other parts are read
+            wait_for(lambda: completing.reached.is_set() or events_named(events, "upload.changed"))
             f.seek(0)
-            f.write(second)
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+            f.write(second)  # ... then written whole again
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # ... and its mtime restored
         assert path.stat().st_size == st.st_size
         assert path.stat().st_mtime_ns == st.st_mtime_ns
+        completing.release.set()
         wait_for(lambda: object_bytes(settings, key) == second, timeout=60)
         service.uploader.wait_idle(timeout=30)
-        assert events_named(events, "upload.changed"), "the change was not noticed"
         head = service.transport.head(key)
         assert head is not None
         assert head.sha256 == sha(second)
         rec = service.state.get_upload(name)
         assert rec is not None
         assert rec.sha256 == sha(second)
+    assert object_bytes(settings, key) == second
 
 
 def test_in_place_rewrite_with_mtime_restored_is_uploaded_again(make_settings):
