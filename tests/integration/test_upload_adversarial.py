@@ -13,7 +13,6 @@ verdicts that follow the held-back file (inode or bytes) to another path.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import mmap
 import os
 import subprocess
@@ -21,48 +20,34 @@ import sys
 import time
 from pathlib import Path
 
-from s3sync.resource import Resource
 from tests.integration.daemon_helpers import (
     captured_events,
     drop,
     events_named,
-    list_keys,
     object_bytes,
     running,
     wait_for,
 )
+from tests.integration.upload_helpers import (
+    FAST,
+    MIB,
+    MULTIPART,
+    every_object,
+    key_of,
+    put_to,
+    sha,
+)
 from tests.support.faultproxy import Fault
 
-FAST = {
-    "settle_seconds": 0.5,
-    "mirror_interval": 0,
-    "retry_base": 0.1,
-    "retry_cap": 0.5,
-    "shutdown_timeout": 5,
-    "rescan_interval": 3600,
-}
-MIB = 1024 * 1024
-MULTIPART = {"multipart_threshold": 5 * MIB, "multipart_chunksize": 5 * MIB}
 SECRET = b"TOP-SECRET-" + b"x" * 29
 
 
-def key_of(settings, name: str) -> str:
-    return Resource(name, settings=settings).key
 
 
-def sha(data: bytes | None) -> str | None:
-    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
-def every_object(settings) -> dict[str, bytes]:
-    return {k: object_bytes(settings, k) or b"" for k in list_keys(settings)}
 
 
-def put_to(key: str):
-    def match(m: str, target: str, headers) -> bool:
-        return m == "PUT" and key in target
-
-    return match
 
 
 def head_after_put(key: str):

@@ -9,64 +9,32 @@ SHA-256) and on disk, not only in events. Real servers, real files, the real wat
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
 from pathlib import Path
 
 import pytest
 
-from s3sync.resource import Resource
 from s3sync.service import Service
 from tests.integration.daemon_helpers import (
     captured_events,
     drop,
     events_named,
-    list_keys,
     object_bytes,
     running,
     wait_for,
 )
+from tests.integration.upload_helpers import (
+    FAST,
+    MIB,
+    MULTIPART,
+    every_object,
+    key_of,
+    part_of,
+    put_to,
+    sha,
+)
 from tests.support.faultproxy import Fault
-
-FAST = {
-    "settle_seconds": 0.5,
-    "mirror_interval": 0,
-    "retry_base": 0.1,
-    "retry_cap": 0.5,
-    "shutdown_timeout": 5,
-    "rescan_interval": 3600,
-}
-MIB = 1024 * 1024
-MULTIPART = {"multipart_threshold": 5 * MIB, "multipart_chunksize": 5 * MIB}
-
-
-def key_of(settings, name: str) -> str:
-    return Resource(name, settings=settings).key
-
-
-def sha(data: bytes | None) -> str | None:
-    return None if data is None else hashlib.sha256(data).hexdigest()
-
-
-def every_object(settings) -> dict[str, bytes]:
-    return {k: object_bytes(settings, k) or b"" for k in list_keys(settings)}
-
-
-def put_to(key: str, method: str = "PUT"):
-    """A proxy match for requests of ``method`` to ``key`` (part uploads included)."""
-
-    def match(m: str, target: str, headers) -> bool:
-        return m == method and key in target
-
-    return match
-
-
-def part_of(key: str, number: int):
-    def match(m: str, target: str, headers) -> bool:
-        return m == "PUT" and key in target and f"partNumber={number}&" in target + "&"
-
-    return match
 
 
 @pytest.mark.parametrize("size", [1 * MIB, 11 * MIB], ids=["single-put", "multipart"])
