@@ -536,7 +536,8 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
             table = Table(title="s3sync status", show_header=False, title_justify="left")
             table.add_row("healthy", "[green]yes[/green]" if not problems else "[red]no[/red]: " + "; ".join(problems))
             table.add_row("last report", f"{int(now - beat)} s ago" if beat else "never")
-            for k in ("queued", "uploaded", "skipped", "rejected", "failed", "recorded_uploaded", "recorded_rejected"):
+            counters = ("queued", "uploaded", "skipped", "rejected", "failed", "recorded_uploaded", "recorded_rejected")
+            for k in (*counters, "upload_conflicts"):
                 table.add_row(k.replace("_", " "), str(snap.get(k, 0)))
             table.add_row("last mirror ok", f"{int(now - float(last_ok))} s ago" if last_ok else "never")
             for warning in verdict.warnings:

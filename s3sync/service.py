@@ -604,12 +604,14 @@ def read_status(settings: Settings) -> dict[str, Any] | None:
         last_ok = state.get_meta("last_mirror_ok")
         uploaded = state.count_uploads("uploaded")
         rejected = state.count_uploads("rejected")
+        conflicts = state.count_uploads("conflict")
     finally:
         state.close()
     snap: dict[str, Any] = json.loads(raw) if raw else {}
     snap["last_mirror_ok"] = last_ok
     snap["recorded_uploaded"] = uploaded
     snap["recorded_rejected"] = rejected
+    snap["upload_conflicts"] = conflicts  # files held back in the upload folder: their key is another path's
     return snap
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from s3sync.service import Service
+from s3sync.service import Service, read_status
 from tests.integration.daemon_helpers import (
     captured_events,
     drop,
@@ -171,6 +171,7 @@ def test_same_name_in_two_subfolders_is_a_conflict_not_an_overwrite(make_setting
     assert bob.read_bytes() == b"bob's photo", "the conflicting file must stay where it is"
     assert service.uploader.stats.conflicts == 1
     assert snapshot["upload_conflicts"] == 1
+    assert read_status(settings)["upload_conflicts"] == 1  # what `s3sync status` shows
     # A later change of alice's own path is a normal update.
     drop(settings.upload_dir_path / "alice", name, b"alice's retouched photo", staging=outside)
     Service(settings).sync_once(mirror=False)
