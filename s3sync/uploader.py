@@ -278,8 +278,46 @@ class Uploader:
         )
 
     # --- the dispatcher --------------------------------------------------------------------
+    def restore_aside(self) -> int:
+        """Put back files a crash left between their last check and their deletion; return how many.
+
+        They come back under their name (or ``name.1``) and are looked at again like any file.
+        """
+        restored = 0
+        stack: list[tuple[str, ...]] = [()]
+        while stack:
+            parts = stack.pop()
+            try:
+                fd = open_dir_under(self.root, parts, create=False)
+            except LocalFileError:
+                continue
+            try:
+                with os.scandir(fd) as it:
+                    entries = [(e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False)) for e in it]
+            except OSError:
+                entries = []
+            finally:
+                os.close(fd)
+            for name, is_dir, is_file in entries:
+                if is_dir and not name.startswith("."):
+                    stack.append((*parts, name))
+                elif is_file and name.startswith(_ASIDE):
+                    original = name[len(_ASIDE) :]
+                    if original.startswith("~") or not original:
+                        original = f"recovered-{original.lstrip('~')}"
+                    src = (*parts, name)
+                    with contextlib.suppress(LocalFileError):
+                        back = (*parts, original)
+                        move_no_replace(self.root.joinpath(*src), self.root, back, src_root=self.root, src_segments=src)
+                        restored += 1
+        if restored:
+            log.info("upload.restored", count=restored, reason="a delete was interrupted; looked at again")
+        return restored
+
     def start(self) -> None:
-        """Start the dispatcher thread."""
+        """Start the dispatcher thread (after putting back files an interrupted delete left aside)."""
+        if not self.dry_run:
+            self.restore_aside()
         self._thread = threading.Thread(target=self._dispatch_loop, name="s3sync-dispatch", daemon=True)
         self._thread.start()
 
@@ -699,7 +737,7 @@ def _unlink_if_same(root: Path, parts: tuple[str, ...], source: LocalStat) -> bo
     except LocalFileError:
         return False
     name = parts[-1]
-    aside = f".s3sync-delete-{os.getpid()}-{threading.get_ident()}"
+    aside = _aside_name(name)
     try:
         try:
             os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -727,6 +765,18 @@ def _unlink_if_same(root: Path, parts: tuple[str, ...], source: LocalStat) -> bo
         return False
     finally:
         os.close(dir_fd)
+
+
+_ASIDE = ".s3sync-delete-"
+
+
+def _aside_name(name: str) -> str:
+    """The hidden name a file has between its last check and its deletion (it keeps the real name,
+    so a crash in between is undone at the next start: :meth:`Uploader.restore_aside`)."""
+    aside = _ASIDE + name
+    if len(os.fsencode(aside)) <= 255:
+        return aside
+    return _ASIDE + "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:32]
 
 
 def _exists(path: Path) -> bool:

@@ -346,3 +346,18 @@ def test_a_key_whose_object_was_removed_is_free_again(make_settings):
     summary = Service(settings).sync_once(mirror=False, retry_rejected=True)
     assert (summary.uploaded, summary.conflicts) == (1, 0)
     assert object_bytes(settings, key) == b"bob"
+
+
+def test_a_delete_interrupted_by_a_crash_is_undone_at_the_next_start(make_settings):
+    """A file renamed aside for its deletion when the daemon died comes back, and is handled again."""
+    settings = make_settings(**FAST, after_upload="delete")
+    name = "B0008_ASIDE_1x1.jpg"
+    (settings.upload_dir_path / "sub").mkdir()
+    aside = settings.upload_dir_path / "sub" / f".s3sync-delete-{name}"  # as a SIGKILL leaves it
+    aside.write_bytes(b"aside")
+    os.utime(aside, (time.time() - 60, time.time() - 60))
+    summary = Service(settings).sync_once(mirror=False)
+    assert summary.uploaded == 1
+    assert object_bytes(settings, key_of(settings, name)) == b"aside"
+    assert list(settings.upload_dir_path.rglob("*.jpg")) == []  # uploaded, then deleted for real
+    assert not aside.exists()
