@@ -37,6 +37,7 @@ __all__ = [
     "IntegrityError",
     "InvalidNameError",
     "ListingError",
+    "LocalChangedError",
     "LocalFileError",
     "NotFoundError",
     "NotRegularFileError",
@@ -131,6 +132,10 @@ class LocalFileError(S3SyncError):
 
 class FileChangedError(LocalFileError):
     """The file changed (or was replaced) while it was read: what was read is discarded."""
+
+
+class LocalChangedError(LocalFileError):
+    """The target path no longer holds what was planned (a person saved or edited a file there): not replaced."""
 
 
 class NotRegularFileError(LocalFileError):

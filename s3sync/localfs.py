@@ -30,17 +30,20 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Final, Literal
 
 import structlog
 
-from s3sync.errors import LocalFileError
+from s3sync.errors import LocalChangedError, LocalFileError
 from s3sync.paths import TEMP_PREFIX
+from s3sync.plan import LocalStat
 
 #: Temporary file names: a clash (another process, a leftover) is detected by O_EXCL and retried.
 _temp_names = random.Random()  # uniqueness, not secrecy
 _TEMP_ATTEMPTS = 8
 
 __all__ = [
+    "ABSENT",
     "AtomicWriter",
     "CommitGroup",
     "Durable",
@@ -372,19 +375,33 @@ class OrderedHasher:
         )
 
 
+#: ``AtomicWriter(expect=ABSENT)``: nothing may be at the target when the file is put in place.
+ABSENT: Final = "absent"
+
+#: What the writer's caller saw at the target when it decided to write: nothing (:data:`ABSENT`),
+#: a file with this stat, or None (replace whatever is there).
+Expected = LocalStat | Literal["absent"] | None
+
+
 class AtomicWriter:
     """Write ``root/segments`` atomically and durably; use as a context manager.
 
     >>> # with AtomicWriter(root, ("a", "b.jpg")) as w: w.write(data); w.commit()
 
     Leaving the block without :meth:`commit` removes the temporary file.
+
+    ``expect`` is what the caller saw at the target when it decided to replace it: the rename
+    then never replaces anything else (a file a person saved or edited there meanwhile) and
+    raises :class:`LocalChangedError` instead. :data:`ABSENT` renames with ``RENAME_NOREPLACE``;
+    a stat is compared right before the rename (a window of one system call remains).
     """
 
-    def __init__(self, root: Path, segments: Sequence[str], *, mode: int = 0o644) -> None:
+    def __init__(self, root: Path, segments: Sequence[str], *, mode: int = 0o644, expect: Expected = None) -> None:
         if not segments:
             raise LocalFileError("empty target path", path=str(root))
         self.root = root
         self.segments = tuple(segments)
+        self.expect = expect
         self._dir_fd = open_dir_under(root, self.segments[:-1], create=True)
         # The name only has to be new in its folder (O_EXCL checks that, and we retry on a clash),
         # not unpredictable: a plain PRNG saves a getrandom() call per file.
@@ -481,10 +498,21 @@ class AtomicWriter:
             if existing is not None and not stat.S_ISREG(existing.st_mode):
                 kind = "folder" if stat.S_ISDIR(existing.st_mode) else "symlink or special file"
                 raise LocalFileError(f"{str(self.path)!r} exists as a {kind}; not replaced", path=str(self.path))
-            os.rename(self._tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            if self.expect == ABSENT:
+                try:
+                    _rename_no_replace(self._dir_fd, self._tmp, self._dir_fd, name)
+                except FileExistsError:
+                    raise self._changed("a file was created there") from None
+            else:
+                if isinstance(self.expect, LocalStat) and not _is_stat(existing, self.expect):
+                    raise self._changed("the file there changed" if existing else "the file there is gone")
+                os.rename(self._tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         except OSError as exc:
             raise LocalFileError(f"cannot finish {str(self.path)!r}: {exc.strerror}", path=str(self.path)) from exc
         self._done = True
+
+    def _changed(self, what: str) -> LocalChangedError:
+        return LocalChangedError(f"{str(self.path)!r} not replaced: {what} during the download", path=str(self.path))
 
     def sync_folder(self) -> None:
         """Make the rename durable: fsync the target's folder."""
@@ -527,6 +555,14 @@ class AtomicWriter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _is_stat(st: os.stat_result | None, planned: LocalStat) -> bool:
+    """Whether ``st`` is exactly the planned file (size, mtime, ctime, inode all as seen)."""
+    if st is None:
+        return False
+    now = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    return now == (planned.size, planned.mtime_ns, planned.ctime_ns or st.st_ctime_ns, planned.ino or st.st_ino)
 
 
 def _walk_no_follow(root: Path) -> Iterator[Path]:

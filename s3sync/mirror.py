@@ -18,6 +18,7 @@ listed: only keys absent from a complete listing are deletion candidates.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -27,17 +28,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import structlog
 
-from s3sync.errors import LocalFileError, S3SyncError, UnsafeKeyError
-from s3sync.localfs import CommitGroup, hash_file, lstat_under, open_dir_under, remove_under
+from s3sync.errors import LocalChangedError, LocalFileError, S3SyncError, UnsafeKeyError
+from s3sync.localfs import ABSENT, CommitGroup, Expected, hash_file, lstat_under, open_dir_under, remove_under
 from s3sync.paths import PathClaims, key_to_relpath
 from s3sync.plan import (
     LocalContent,
     LocalStat,
     MirrorAction,
-    MirrorDecision,
     MirrorWritten,
     RemoteVersion,
     aside_name,
@@ -256,8 +257,13 @@ class Mirror:
         report: MirrorReport,
         group: CommitGroup,
     ) -> None:
-        """In a worker: look at a local file whose owner is unknown (CHECK), then download if that is what is left."""
-        local_there = True
+        """In a worker: look at a local file whose owner is unknown (CHECK), then download if that is what is left.
+
+        The download is told what was at the path when it was decided (nothing, or the file with
+        this stat): a file a person saves or edits there during the GET is not renamed over.
+        """
+        # DOWNLOAD without an owned record is planned only when nothing was at the path.
+        expect: Expected = ABSENT
         if action is MirrorAction.DOWNLOAD and record is not None and record.owned:
             # Decided from a stat taken when the key was listed: a person may have edited the file
             # while it waited for a worker. Look again just before replacing it.
@@ -265,6 +271,8 @@ class Mirror:
             written = _written(record)
             if now is not None and written is not None and not now.same_file(written.local):
                 action = MirrorAction.CHECK
+            elif now is not None:
+                expect = now
         if action is MirrorAction.CHECK:
             try:
                 verdict = self._check(obj, record, pass_no, report)
@@ -273,11 +281,15 @@ class Mirror:
                 return
             if verdict is None:
                 return
-            local_there = verdict
-        self._download(obj, pass_no, report, group, local_there)
+            expect = verdict
+        if self.settings.mirror_on_local_change == "overwrite":
+            expect = None
+        self._download(obj, pass_no, report, group, expect)
 
-    def _check(self, obj: RemoteObject, record: MirrorRecord | None, pass_no: int, report: MirrorReport) -> bool | None:
-        """Whose is the local file? Act on it; return None when done, else whether a file is still there."""
+    def _check(
+        self, obj: RemoteObject, record: MirrorRecord | None, pass_no: int, report: MirrorReport
+    ) -> LocalStat | Literal["absent"] | None:
+        """Whose is the local file? Act on it; return None when done, else what the download may replace."""
         segments = key_to_relpath(obj.key)
         path = os.path.join(self._root_str, *segments)  # noqa: PTH118 - a str, as in _local
         local, in_the_way = self._local(segments)
@@ -286,7 +298,7 @@ class Mirror:
             self._report_once(obj.key, "mirror.key_conflict", reason=in_the_way)
             return None
         if local is None:
-            return False  # gone meanwhile: nothing to keep
+            return ABSENT  # gone meanwhile: nothing to keep
         hashes = hash_file(path, md5=True)
         content = LocalContent(hashes.size, hashes.sha256, hashes.md5)
         remote_sha = None
@@ -310,26 +322,24 @@ class Mirror:
             return None
         if action is MirrorAction.DOWNLOAD:
             if decision.reason in {"created locally", "changed locally"}:
-                self._local_changed(obj.key, report, decision, "overwritten")
-            return True
+                self._local_changed(obj.key, report, decision.reason, "overwritten")
+            return local
         if action is MirrorAction.MOVE_ASIDE:
             aside = self._move_aside(segments)
-            self._local_changed(obj.key, report, decision, "moved aside", aside=aside)
-            return False
+            self._local_changed(obj.key, report, decision.reason, "moved aside", aside=aside)
+            return ABSENT
         # KEEP_LOCAL: the person's file stays; its stat is noted so that it is not hashed again while unchanged.
         self._note(obj.key, _version(obj), local, pass_no, None, owned=False, etag=obj.etag)
-        self._local_changed(obj.key, report, decision, "kept")
+        self._local_changed(obj.key, report, decision.reason, "kept")
         return None
 
-    def _local_changed(
-        self, key: str, report: MirrorReport, decision: MirrorDecision, done: str, **fields: object
-    ) -> None:
+    def _local_changed(self, key: str, report: MirrorReport, reason: str, done: str, **fields: object) -> None:
         with self._lock:
             report.local_changed += 1
         log.warning(
             "mirror.local_changed",
             key=key,
-            reason=decision.reason,
+            reason=reason,
             action=done,
             policy=self.settings.mirror_on_local_change,
             **fields,
@@ -383,7 +393,7 @@ class Mirror:
         )
 
     def _download(
-        self, obj: RemoteObject, pass_no: int, report: MirrorReport, group: CommitGroup, local_there: bool
+        self, obj: RemoteObject, pass_no: int, report: MirrorReport, group: CommitGroup, expect: Expected
     ) -> None:
         """Fetch one object; the commit group finishes it (or it was already identical: skipped)."""
         started = time.monotonic()
@@ -392,6 +402,9 @@ class Mirror:
         box = _Sha256Box()
 
         def durable(path: Path | None, error: LocalFileError | None) -> None:
+            if isinstance(error, LocalChangedError):
+                self._changed_meanwhile(obj, pass_no, report, error)
+                return
             if error is not None or path is None:
                 self._failed(obj.key, report, str(error))
                 return
@@ -415,8 +428,12 @@ class Mirror:
                 progress=self._beat,
                 group=group,
                 on_durable=durable,
-                known_absent=not local_there,
+                known_absent=expect == ABSENT,
+                expect=expect,
             )
+        except LocalChangedError as exc:
+            self._changed_meanwhile(obj, pass_no, report, exc)
+            return
         except (S3SyncError, OSError) as exc:
             self._failed(obj.key, report, _describe(exc))
             return
@@ -450,6 +467,23 @@ class Mirror:
             self._failed(obj.key, report, _describe(exc))
             return None
         return st.st_size
+
+    def _changed_meanwhile(
+        self, obj: RemoteObject, pass_no: int, report: MirrorReport, error: LocalChangedError
+    ) -> None:
+        """A person saved or edited the file during the download: it stays, the download is dropped.
+
+        Under ``keep`` its stat is noted as a person's file (not looked at again while unchanged);
+        under ``keep-both`` the next pass moves it aside and downloads.
+        """
+        keep = self.settings.mirror_on_local_change == "keep"
+        if keep:
+            local, _ = self._local(key_to_relpath(obj.key))
+            if local is not None:
+                with contextlib.suppress(S3SyncError, OSError):
+                    self._note(obj.key, _version(obj), local, pass_no, None, owned=False, etag=obj.etag)
+        done = "kept" if keep else "kept until the next pass"
+        self._local_changed(obj.key, report, "changed locally during the download", done, error=str(error))
 
     def _failed(self, key: str, report: MirrorReport, error: str) -> None:
         with self._lock:

@@ -53,7 +53,7 @@ from s3sync.errors import (
     UploadError,
 )
 from s3sync.fastpath import FastPath, StaticKeys, parse_iso_timestamp
-from s3sync.localfs import AtomicWriter, CommitGroup, Durable, OrderedHasher, hash_file, lstat_under
+from s3sync.localfs import AtomicWriter, CommitGroup, Durable, Expected, OrderedHasher, hash_file, lstat_under
 from s3sync.paths import key_to_relpath
 from s3sync.plan import LocalStat, download_range_size
 from s3sync.resource import Resource
@@ -845,6 +845,7 @@ class Transport:
         group: CommitGroup | None = None,
         on_durable: Durable | None = None,
         known_absent: bool = False,
+        expect: Expected = None,
     ) -> DownloadResult:
         """Download ``key`` to its place under the mirror folder, atomically, unless already identical.
 
@@ -852,6 +853,9 @@ class Transport:
         With a ``group``, the verified file is committed by the group, and ``on_durable(path,
         error)`` says when it is in place and on disk (not called for a skipped download).
         ``known_absent`` says the caller has just seen no file there: the local check is skipped.
+        ``expect`` is what the caller saw there when it decided to download (see
+        :class:`~s3sync.localfs.AtomicWriter`): anything else found there at the end is not
+        replaced (:class:`~s3sync.errors.LocalChangedError`).
         """
         started = time.monotonic()
         segments = key_to_relpath(key)
@@ -869,7 +873,7 @@ class Transport:
                 if known.same_content(local.size, local.sha256, local.md5 or None):
                     return DownloadResult(key, target, 0, local.sha256, known.etag, True, 0)
         size = remote.size if isinstance(remote, RemoteObject) else None
-        job = _Fetch(key, segments, started, progress, group, on_durable)
+        job = _Fetch(key, segments, started, progress, group, on_durable, expect)
         if self.settings.max_concurrency > 1 and (size is None or size >= self.settings.multipart_threshold):
             return self._get_ranged(job, size)
         return self._get(job)
@@ -1069,13 +1073,14 @@ class _Fetch:
     progress: Callable[[int], None] | None
     group: CommitGroup | None
     on_durable: Durable | None
+    expect: Expected = None
 
 
 class _Landing:
     """Where a download lands: a temp file, then committed by the group or directly; removed on failure."""
 
     def __init__(self, transport: Transport, job: _Fetch) -> None:
-        self.writer = AtomicWriter(transport.settings.local_path, job.segments)
+        self.writer = AtomicWriter(transport.settings.local_path, job.segments, expect=job.expect)
         self._group = job.group
         self._on_durable = job.on_durable
         self._handed_over = False

@@ -259,3 +259,33 @@ def test_temporary_name_clash_is_retried_and_never_clobbers(tmp_path, monkeypatc
     assert (root / "a.jpg").read_bytes() == b"new bytes"
     assert outside.read_text() == "keep me"
     assert (root / first).is_symlink()  # left alone
+
+
+def test_atomic_writer_never_replaces_what_it_was_not_told_of(tmp_path):
+    """expect=ABSENT: a file that appeared is kept; expect=<stat>: a file edited since is kept; both raise."""
+    from s3sync.errors import LocalChangedError
+    from s3sync.plan import LocalStat
+
+    target = tmp_path / "a.jpg"
+    with localfs.AtomicWriter(tmp_path, ("a.jpg",), expect=localfs.ABSENT) as w:
+        w.write(b"mirror")
+        target.write_bytes(b"person")
+        with pytest.raises(LocalChangedError):
+            w.commit()
+    assert target.read_bytes() == b"person"
+    st = target.stat()
+    seen = LocalStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    with localfs.AtomicWriter(tmp_path, ("a.jpg",), expect=seen) as w:
+        w.write(b"mirror")
+        target.write_bytes(b"person, edited")
+        with pytest.raises(LocalChangedError):
+            w.commit()
+    assert target.read_bytes() == b"person, edited"
+    st = target.stat()
+    with localfs.AtomicWriter(
+        tmp_path, ("a.jpg",), expect=LocalStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    ) as w:
+        w.write(b"mirror")
+        w.commit()
+    assert target.read_bytes() == b"mirror"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.jpg"]

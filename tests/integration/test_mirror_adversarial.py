@@ -88,11 +88,6 @@ _KEY = re.compile(rb"<Key>(.*?)</Key>", re.S)
 # --- 1. the decision is taken before the GET; the rename happens after it ------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AtomicWriter.rename replaces whatever is at the path: a file a person creates while the "
-    "object downloads is overwritten (no RENAME_NOREPLACE / no re-check of the planned stat)",
-)
 def test_file_created_while_its_object_downloads_is_not_replaced(make_settings, s3_server, fault_proxy):
     """Nothing was there when the key was listed; a person saves a file there during the GET: it survives."""
     settings = make_settings(**FAST, endpoint_url=fault_proxy.endpoint)
@@ -115,10 +110,6 @@ def test_file_created_while_its_object_downloads_is_not_replaced(make_settings, 
     assert b"a person's work, saved meanwhile" in kept
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Mirror._fetch re-checks the stat only before the GET; an edit during the GET is renamed over",
-)
 def test_edit_during_the_download_is_not_overwritten(make_settings, s3_server, fault_proxy):
     """The mirror's own copy, the object changed, the person retouches the copy while the GET runs: kept."""
     settings = make_settings(**FAST, endpoint_url=fault_proxy.endpoint)
