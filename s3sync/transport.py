@@ -479,11 +479,14 @@ class Transport:
         """Stream the bucket's objects under ``prefix`` one page (up to 1,000) at a time.
 
         Only a listing that can be whole ends normally: a page that says it is truncated but
-        gives no continuation token, a key listed twice, or keys out of order (S3 lists in
-        UTF-8 byte order, which is code point order) raise :class:`ListingError`, so that no
-        caller concludes from it that an object is gone.
+        gives no continuation token, a key listed twice, keys out of order (S3 lists in UTF-8
+        byte order, which is code point order), or a continuation token that comes back (the
+        listing would never end) raise :class:`ListingError`, so that no caller concludes from
+        it that an object is gone. A page that gives a token is followed, whatever its
+        ``IsTruncated`` says (some gateways signal "more" only by the token).
         """
         token: str | None = None
+        tokens: set[str] = set()
         last: str | None = None
         pages = 0
         while True:
@@ -514,11 +517,14 @@ class Transport:
                     raise self._broken_listing(prefix, pages, f"key {obj.key!r} listed {how}")
                 last = obj.key
             yield page
-            token = resp.get("NextContinuationToken")
-            if not resp.get("IsTruncated"):
+            token = resp.get("NextContinuationToken") or None
+            if token is None:
+                if resp.get("IsTruncated"):
+                    raise self._broken_listing(prefix, pages, "the page is truncated but gives no continuation token")
                 return
-            if not token:
-                raise self._broken_listing(prefix, pages, "the page is truncated but gives no continuation token")
+            if token in tokens:
+                raise self._broken_listing(prefix, pages, "a continuation token came back (it would never end)")
+            tokens.add(token)
 
     def _broken_listing(self, prefix: str, page: int, why: str) -> ListingError:
         where = f"s3://{self.bucket}/{prefix}"

@@ -284,11 +284,6 @@ def _token_without_truncated(body: bytes) -> bytes:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Transport.list_pages/_parse_listing stop at a page without IsTruncated even when it hands a "
-    "continuation token: the listing is taken as complete and the rest of the bucket is deleted",
-)
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "botocore"])
 def test_page_with_a_token_but_no_is_truncated_is_not_complete(make_settings, s3_server, fault_proxy, fast_path):
     """A gateway that signals 'more' only by NextContinuationToken: nothing may be deleted from that page."""
@@ -341,11 +336,6 @@ def test_misencoded_listing_deletes_nothing_that_exists(make_settings, s3_server
     assert (settings.local_path / key).read_bytes() == b"notes"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Transport.list_pages follows a continuation token that never changes for ever (empty "
-    "truncated pages): the pass never ends, while its heartbeat keeps the watchdog content",
-)
 def test_a_listing_that_repeats_its_token_ends(make_settings, s3_server, rclone_server, fault_proxy):
     """A gateway answering the same empty, truncated page again and again: the pass ends incomplete."""
     if s3_server is not rclone_server:
