@@ -310,12 +310,13 @@ class Mirror:
         action = decision.action
         if action is MirrorAction.SKIP and record is not None:
             # Still the mirror's bytes (touched, chmod-ed, restored): note the new stat, keep its version.
-            self._note(record.key, _record_version(record), local, pass_no, content.sha256, owned=True)
+            version = _record_version(record)
+            self._note(record.key, version, local, pass_no, content.sha256, owned=True, adopted=record.adopted)
             with self._lock:
                 report.skipped += 1
             return None
         if action is MirrorAction.ADOPT:
-            self._note(obj.key, _version(obj), local, pass_no, content.sha256, owned=True, etag=obj.etag)
+            self._note(obj.key, _version(obj), local, pass_no, content.sha256, owned=True, etag=obj.etag, adopted=True)
             with self._lock:
                 report.adopted += 1
             log.info("mirror.adopted", key=obj.key, bytes=content.size)
@@ -377,6 +378,7 @@ class Mirror:
         *,
         owned: bool,
         etag: str | None = None,
+        adopted: bool = False,
     ) -> None:
         self.state.record_mirrored(
             key,
@@ -390,6 +392,7 @@ class Mirror:
             sha256=sha256,
             last_modified_us=version.last_modified_us,
             owned=owned,
+            adopted=adopted,
         )
 
     def _download(
@@ -523,7 +526,7 @@ class Mirror:
         st = lstat_under(self.root, segments)
         if st is None or not stat.S_ISREG(st.st_mode):
             return False
-        why = "not written by the mirror" if not rec.owned else None
+        why = "not written by the mirror" if not rec.owned or rec.adopted else None
         if why is None and not LocalStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino).same_file(
             LocalStat(rec.local_size, rec.local_mtime_ns, rec.local_ctime_ns, rec.local_ino)
         ):

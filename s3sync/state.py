@@ -221,6 +221,10 @@ class MirrorRecord:
     changed or created it and the mirror keeps it (``False``; the stat is theirs, noted so that
     the file is not hashed again while it stays as it is). Only an owned file whose stat (or
     content) is still what s3sync wrote may be replaced or deleted.
+
+    ``adopted``: the file already held the object's bytes when the mirror first met it (a
+    person's identical copy, or a state rebuilt from the folder). The mirror keeps it up to
+    date like its own, but never deletes it: it did not write it.
     """
 
     key: str
@@ -235,6 +239,7 @@ class MirrorRecord:
     #: The object's LastModified, in microseconds since the epoch (None: not known).
     last_modified_us: int | None = None
     owned: bool = True
+    adopted: bool = False
 
 
 #: Columns added to ``mirror`` after its first version: (name, declaration, value for an old read-only state).
@@ -244,6 +249,7 @@ _MIRROR_ADDED = (
     ("sha256", "TEXT", "NULL"),
     ("last_modified_us", "INTEGER", "NULL"),
     ("owned", "INTEGER NOT NULL DEFAULT 1", "1"),
+    ("adopted", "INTEGER NOT NULL DEFAULT 0", "0"),
 )
 _MIRROR_BASE = "key, size, etag, local_size, local_mtime_ns, seen_pass"
 
@@ -268,8 +274,8 @@ def _mirror_columns(db: sqlite3.Connection) -> str:
 
 
 def _mirror_record(row: tuple[object, ...]) -> MirrorRecord:
-    *fields_, owned = row
-    return MirrorRecord(*fields_, owned=bool(owned))  # type: ignore[arg-type,misc]
+    *fields_, owned, adopted = row
+    return MirrorRecord(*fields_, owned=bool(owned), adopted=bool(adopted))  # type: ignore[arg-type,misc]
 
 
 class State:
@@ -565,11 +571,16 @@ class State:
         sha256: str | None = None,
         last_modified_us: int | None = None,
         owned: bool = True,
+        adopted: bool = False,
     ) -> None:
-        """Remember what is at ``key``'s local path: what the mirror wrote (``owned``), or a person's file it keeps."""
+        """Remember what is at ``key``'s local path: what the mirror wrote (``owned``), or a person's file it keeps.
+
+        ``adopted``: a file found already holding the object's bytes (kept up to date, never deleted).
+        """
         self._write(
             "INSERT OR REPLACE INTO mirror (key, size, etag, local_size, local_mtime_ns, seen_pass, updated, "
-            "local_ino, local_ctime_ns, sha256, last_modified_us, owned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "local_ino, local_ctime_ns, sha256, last_modified_us, owned, adopted) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 size,
@@ -583,6 +594,7 @@ class State:
                 sha256,
                 last_modified_us,
                 int(owned),
+                int(adopted),
             ),
         )
 

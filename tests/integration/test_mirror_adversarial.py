@@ -207,11 +207,6 @@ def test_chmod_of_a_mirror_copy_without_etags_does_not_freeze_it(make_settings, 
 # --- 4. an adopted file is a person's file, yet deleted like the mirror's ------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ADOPT records a person's identical copy as owned=True; when the object goes, "
-    "Mirror._delete_gone deletes a file the mirror never wrote",
-)
 def test_a_persons_identical_copy_is_not_deleted_when_the_object_goes(make_settings):
     """A colleague keeps a copy of a photo in the mirror folder; the object is later removed from the bucket."""
     settings = make_settings(**FAST, mirror_delete=True)
