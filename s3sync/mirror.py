@@ -32,7 +32,7 @@ from typing import Literal
 
 import structlog
 
-from s3sync.errors import LocalChangedError, LocalFileError, S3SyncError, UnsafeKeyError
+from s3sync.errors import LocalChangedError, LocalFileError, NotFoundError, S3SyncError, UnsafeKeyError
 from s3sync.localfs import ABSENT, CommitGroup, Expected, hash_file, lstat_under, open_dir_under, remove_under
 from s3sync.paths import PathClaims, key_to_relpath
 from s3sync.plan import (
@@ -77,6 +77,9 @@ class MirrorReport:
     errors: list[str] = field(default_factory=list)
     #: Why the listing stopped before its end (the pass is then incomplete), or None.
     listing_error: str | None = None
+    #: Listed keys whose GET found no object: the listing does not name keys as they are, so it
+    #: cannot tell which ones are gone either (no deletions in that pass).
+    not_found: int = 0
 
     @property
     def ok(self) -> bool:
@@ -438,6 +441,9 @@ class Mirror:
             self._changed_meanwhile(obj, pass_no, report, exc)
             return
         except (S3SyncError, OSError) as exc:
+            if isinstance(exc, NotFoundError):
+                with self._lock:
+                    report.not_found += 1
             self._failed(obj.key, report, _describe(exc))
             return
         if result.skipped:
@@ -503,8 +509,12 @@ class Mirror:
         self._refused = reason
 
     def _delete_gone(self, pass_no: int, report: MirrorReport) -> None:
+        """Delete the files of keys absent from this complete listing, each confirmed gone by a HEAD."""
         if report.listed == 0:
             self._refuse("the listing came back empty")
+            return
+        if report.not_found:
+            self._refuse("listed keys were not found (GET 404): the listing may name keys wrongly")
             return
         cap = self.settings.mirror_max_delete
         candidates = self.state.unseen_mirrored(pass_no, self.settings.mirror_prefix, cap + 1)
@@ -513,16 +523,36 @@ class Mirror:
             return
         self._refused = None
         for rec in candidates:
-            if self._still_written(rec) and remove_under(self.root, key_to_relpath(rec.key)):
-                report.deleted += 1
-                log.info("mirror.deleted", key=rec.key)
-                if self._on_result is not None:
-                    self._on_result("deleted", 0, 0.0)
-            self.state.forget_mirrored(rec.key)
+            try:
+                segments = key_to_relpath(rec.key)
+            except UnsafeKeyError as exc:
+                # Recorded before such keys were refused: its file is never deleted (nor looked at) now.
+                self._report_once(rec.key, "mirror.delete_skipped", reason=f"unsafe key: {exc.reason}")
+                self._forget(rec.key)
+                continue
+            try:
+                # Absent from the listing is not proof: a listing that mis-encodes a key omits it too.
+                if self.transport.head(rec.key) is not None:
+                    self._report_once(rec.key, "mirror.delete_skipped", reason="the object still exists (HEAD)")
+                    continue
+                if self._still_written(rec, segments) and remove_under(self.root, segments):
+                    report.deleted += 1
+                    log.info("mirror.deleted", key=rec.key)
+                    if self._on_result is not None:
+                        self._on_result("deleted", 0, 0.0)
+            except S3SyncError as exc:
+                self._report_once(rec.key, "mirror.delete_skipped", reason=str(exc))
+                continue
+            self._forget(rec.key)
 
-    def _still_written(self, rec: MirrorRecord) -> bool:
+    def _forget(self, key: str) -> None:
+        try:
+            self.state.forget_mirrored(key)
+        except S3SyncError as exc:
+            log.warning("mirror.forget_failed", key=key, error=str(exc))
+
+    def _still_written(self, rec: MirrorRecord, segments: tuple[str, ...]) -> bool:
         """Whether the file at a gone key's path is still what the mirror wrote (only then may it go)."""
-        segments = key_to_relpath(rec.key)
         st = lstat_under(self.root, segments)
         if st is None or not stat.S_ISREG(st.st_mode):
             return False

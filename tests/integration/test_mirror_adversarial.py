@@ -230,11 +230,6 @@ def test_a_persons_identical_copy_is_not_deleted_when_the_object_goes(make_setti
 # --- 5. one record with a key that is now unsafe breaks every pass ------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Mirror._delete_gone calls key_to_relpath on each unseen record; an UnsafeKeyError (a key "
-    "mirrored before U+202E was refused) escapes run_pass, every pass, and no other delete happens",
-)
 def test_a_record_of_a_now_unsafe_key_does_not_break_the_pass(make_settings, moto_only_server, s3_server):
     """A state from before item 10 holds a U+202E key; the object is deleted: the pass still completes."""
     if s3_server is not moto_only_server:
@@ -311,11 +306,6 @@ def _path_escaped_keys(body: bytes) -> bytes:
     return _KEY.sub(escape, body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a listed key that does not exist (GET 404) still leaves the pass 'complete', and no deletion "
-    "is confirmed with a HEAD: a mis-encoded listing deletes the copy of an object that exists",
-)
 def test_misencoded_listing_deletes_nothing_that_exists(make_settings, s3_server, fault_proxy):
     """'C++ notes.pdf' listed as 'C++%20notes.pdf' under EncodingType=url: its local copy must stay."""
     settings = make_settings(**FAST, mirror_delete=True, endpoint_url=fault_proxy.endpoint, max_attempts=1)
