@@ -396,6 +396,7 @@ def run(
             while True:
                 try:
                     service = Service(settings)
+                    service.state_lock = lock if isinstance(lock, StateLock) else None
                 except S3SyncError as exc:  # the reloaded settings failed after all: back to the old ones
                     if previous is None:
                         raise

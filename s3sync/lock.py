@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import time
 from pathlib import Path
 from types import TracebackType
 
-from s3sync.errors import StateError, StateLockedError
+from s3sync.errors import StateCorruptError, StateError, StateLockedError
 
 __all__ = ["StateLock", "lock_path"]
 
@@ -29,8 +30,12 @@ _PID_READ_PAUSE = 0.01
 
 
 def lock_path(state_path: Path) -> Path:
-    """The lock file beside the state database: ``state.db`` -> ``state.db.lock``."""
-    return state_path.with_name(state_path.name + ".lock")
+    """The lock file beside the state database: ``state.db`` -> ``state.db.lock``.
+
+    Named after the real path: a symlink to the same database must not get a lock of its own.
+    """
+    real = Path(os.path.realpath(state_path))
+    return real.with_name(real.name + ".lock")
 
 
 class StateLock:
@@ -40,6 +45,7 @@ class StateLock:
         self.state_path = state_path
         self.path = lock_path(state_path)
         self._fd: int | None = None
+        self._db_fd: int | None = None
 
     @property
     def held(self) -> bool:
@@ -70,15 +76,89 @@ class StateLock:
         except OSError as exc:
             os.close(fd)
             raise StateError(f"cannot lock {str(self.path)!r}: {exc.strerror}", path=str(self.path)) from None
+        try:
+            db_fd = self._lock_database()
+        except BaseException:
+            os.close(fd)
+            raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        self._db_fd = db_fd
+
+    def _lock_database(self) -> int | None:
+        """Also lock the database file itself: a lock file deleted while held (a tidy-up, tmpfiles)
+        lets the next process create and lock a new one, but never the same database.
+
+        Non-blocking and regular files only: a FIFO at the path is refused, never waited on.
+        """
+        real = os.path.realpath(self.state_path)
+        try:
+            fd = os.open(real, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateError(f"S3_STATE_PATH: cannot open {real!r}: {exc.strerror}", path=real) from None
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            regular = False
+        if not regular:
+            os.close(fd)
+            raise StateCorruptError(f"S3_STATE_PATH: {real!r} is not a regular file", path=real)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateLockedError(
+                f"another s3sync (pid unknown: its lock file was removed) is using {self.state_path}",
+                path=str(self.state_path),
+                pid=None,
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def ensure(self) -> bool:
+        """Check, while held, that the lock file is still ours; recreate it if someone deleted it.
+
+        A lock file removed while held (a tidy-up, tmpfiles) would let the next instance create
+        a new one and lock it. Returns False when another process got a lock file in meanwhile.
+        """
+        if self._fd is None:
+            return True
+        try:
+            mine = os.fstat(self._fd).st_ino
+            there = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            there = None
+        except OSError:
+            return True
+        if there == mine:
+            return True
+        if there is not None:
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            return False  # someone else's, made in between
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        old, self._fd = self._fd, fd  # the database itself stayed locked all along
+        os.close(old)
+        return True
 
     def release(self) -> None:
         """Release the lock (the file stays; its PID is cleared so it never names a dead process)."""
         fd, self._fd = self._fd, None
         if fd is None:
             return
+        db_fd, self._db_fd = self._db_fd, None
+        if db_fd is not None:
+            os.close(db_fd)
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
         os.close(fd)  # closing the last descriptor releases the flock

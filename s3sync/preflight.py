@@ -100,6 +100,8 @@ def problems(settings: Settings, *, create: bool = True) -> list[str]:
         problem = _folder_problem(f"{ENV_PREFIX}STATE_PATH", state_dir, create=False)
         if problem is not None:
             found.append(problem)
+        elif settings.state_path.exists() and not settings.state_path.is_file():
+            found.append(f"{ENV_PREFIX}STATE_PATH: {str(settings.state_path)!r} is not a regular file")
         elif settings.state_path.exists() and not os.access(settings.state_path, os.R_OK | os.W_OK):
             found.append(f"{ENV_PREFIX}STATE_PATH: {str(settings.state_path)!r} is not readable and writable")
     return list(dict.fromkeys(found))  # the same folder named twice gives one line

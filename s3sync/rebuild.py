@@ -32,7 +32,7 @@ from s3sync.errors import InvalidNameError, LocalFileError, StateCorruptError
 from s3sync.localfs import hash_file
 from s3sync.plan import is_ignored_name
 from s3sync.settings import Settings
-from s3sync.state import State, StateNamespace
+from s3sync.state import State, StateNamespace, UploadRecord
 from s3sync.transport import RemoteObject, Transport
 
 __all__ = ["RebuildReport", "rebuild_state"]
@@ -86,7 +86,7 @@ def rebuild_state(
 
 def _rebuild(settings: Settings, transport: Transport, clock: Callable[[], float]) -> RebuildReport:
     path = settings.state_path
-    was_corrupt, multipart = _inspect(path)
+    was_corrupt, multipart, kept = _inspect(path, settings)
     locals_, invalid = _scan(settings, transport)
     wanted = {item.key for item in locals_}
     remote: dict[str, RemoteObject] = {}
@@ -122,6 +122,26 @@ def _rebuild(settings: Settings, transport: Transport, clock: Callable[[], float
                 unverifiable += 1
         for upload_id, key in multipart:  # uploads a crash left open: still to be aborted at the next start
             state.add_multipart(upload_id, key)
+        # Which path owns a key, and which files were held back from it, cannot be read from the
+        # bucket: a sound old state keeps telling it (else another path's file would take the key).
+        found = {v.local.rel for v in verdicts if v.sha256 is not None}
+        for rec in kept:
+            if rec.path in found or rec.key is None:
+                continue
+            if rec.status == "conflict":
+                state.record_conflict(
+                    rec.path,
+                    rec.size,
+                    rec.mtime_ns,
+                    rec.key,
+                    rec.reason or "",
+                    ctime_ns=rec.ctime_ns,
+                    ino=rec.ino,
+                    rules=rec.rules,
+                    sha256=rec.sha256,
+                )
+            else:
+                state.record_owner(rec.path, rec.key, rec.sha256, rec.etag)
     finally:
         state.close()
 
@@ -151,16 +171,24 @@ def _rebuild(settings: Settings, transport: Transport, clock: Callable[[], float
     return report
 
 
-def _inspect(path: Path) -> tuple[bool, list[tuple[str, str]]]:
-    """``(corrupt, open multipart uploads)`` of the current state file (sound ones keep their multipart notes)."""
+def _inspect(path: Path, settings: Settings) -> tuple[bool, list[tuple[str, str]], list[UploadRecord]]:
+    """``(corrupt, open multipart uploads, key ownership records)`` of the current state file.
+
+    A sound one keeps its multipart notes and, for the same endpoint and bucket, which paths own
+    which keys and which files were held back as conflicts.
+    """
     if not path.exists():
-        return False, []
+        return False, [], []
     try:
         old = State(path, read_only=True)
     except StateCorruptError:
-        return True, []
+        return True, [], []
     try:
-        return False, old.open_multipart()
+        recorded = StateNamespace.from_json(old.get_meta("namespace"))
+        now = StateNamespace.of(settings)
+        same_bucket = recorded is not None and (recorded.endpoint, recorded.bucket) == (now.endpoint, now.bucket)
+        kept = old.uploads_with("uploaded", "gone", "conflict") if same_bucket else []
+        return False, old.open_multipart(), kept
     finally:
         old.close()
 

@@ -26,6 +26,7 @@ from s3sync import __version__, preflight
 from s3sync.errors import S3SyncError
 from s3sync.health import HealthSnapshot, assess
 from s3sync.localfs import sweep_temp_files
+from s3sync.lock import StateLock
 from s3sync.metrics import Metrics, MetricsServer
 from s3sync.mirror import Mirror, MirrorReport
 from s3sync.notify import Notifier, WatchdogPinger
@@ -95,6 +96,9 @@ class Service:
         self.uploader: Uploader | None = None
         self.mirror: Mirror | None = None
         self.watcher: Watcher | None = None
+        #: The state's lock (``s3sync run`` sets it): checked every tick, recreated if deleted.
+        self.state_lock: StateLock | None = None
+        self._lock_lost = False
         self._mirror_thread: threading.Thread | None = None
         self._mirror_heartbeat = time.monotonic()
         self._last_mirror: MirrorReport | None = None
@@ -270,7 +274,7 @@ class Service:
             stalled_loops=tuple(self._stalled_loops()),
             stalled_workers=self._stalled_workers(),
             watcher_running=self.watcher is not None and self.watcher.is_alive(),
-            upload_folder_missing=self._watch_trouble == "missing",
+            upload_folder_missing=self._watch_trouble in {"missing", "symlink"},
             mirror_interval=self.settings.mirror_interval,
             max_mirror_age=self.settings.health_max_mirror_age,
             last_mirror_ok=self.metrics.last_mirror_time,
@@ -506,6 +510,10 @@ class Service:
 
     def _supervise(self) -> None:
         uploader = self.uploader
+        lock = self.state_lock
+        if lock is not None and not lock.ensure() and not self._lock_lost:
+            self._lock_lost = True
+            log.error("state.lock_lost", path=str(lock.path), reason="the lock file was replaced by another process's")
         self._supervise_watcher()
         if uploader is not None and self._rescan_due(uploader):
             self._last_rescan = time.monotonic()
@@ -529,6 +537,14 @@ class Service:
         if watcher is None:
             return
         now = time.monotonic()
+        if self.settings.upload_dir_path.is_symlink():
+            # Swapped for a symlink while running: the uploader works only inside the real folder
+            # it resolved at start (it follows no symlink), so files dropped there would wait
+            # unseen. Red until the folder is back, or a reload/restart resolves the new one.
+            if self._watch_trouble != "symlink" and now >= self._watch_retry_at:
+                message = "the upload folder was replaced by a symlink; reload or restart to follow it"
+                self._watch_problem("symlink", message, watcher)
+            return
         if self._watch_trouble is not None:
             if now < self._watch_retry_at:
                 return

@@ -152,6 +152,9 @@ class Settings(BaseSettings):
         frozen=True,
         hide_input_in_errors=True,  # validation errors must never echo a secret back
         validate_default=True,
+        # An empty line (`S3_AWS_SECRET_ACCESS_KEY=`, as .env.example has) means "not set here":
+        # it must not hide a value from a lower source (systemd's LoadCredential= files).
+        env_ignore_empty=True,
     )
 
     # --- the original django_s3 names -------------------------------------------------------

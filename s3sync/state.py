@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -162,12 +163,20 @@ def _corrupt(path: Path, detail: str) -> StateCorruptError:
 def _check_header(path: Path) -> None:
     """Refuse a file that is not SQLite before SQLite touches it (an empty file is a new database)."""
     try:
-        with path.open("rb") as f:
-            head = f.read(len(_SQLITE_MAGIC))
+        # Non-blocking: a FIFO planted at the path must be refused, not wait for a writer for ever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     except OSError as exc:
         raise StateError(f"S3_STATE_PATH: cannot read {str(path)!r}: {exc.strerror}", path=str(path)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StateCorruptError(f"S3_STATE_PATH: {str(path)!r} is not a regular file", path=str(path))
+        head = os.pread(fd, len(_SQLITE_MAGIC), 0)
+    except OSError as exc:
+        raise StateError(f"S3_STATE_PATH: cannot read {str(path)!r}: {exc.strerror}", path=str(path)) from None
+    finally:
+        os.close(fd)
     if head and head != _SQLITE_MAGIC:
         raise StateCorruptError(
             f"S3_STATE_PATH: {str(path)!r} is not an s3sync state database (not a SQLite file); {_RECOVER}",
@@ -284,9 +293,7 @@ class State:
     With ``namespace``, records of another namespace are dropped (read-only: hidden) at open.
     """
 
-    def __init__(
-        self, path: Path | str, *, read_only: bool = False, namespace: StateNamespace | None = None
-    ) -> None:
+    def __init__(self, path: Path | str, *, read_only: bool = False, namespace: StateNamespace | None = None) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._foreign_uploads = False  # read-only and another namespace's uploads: none apply
@@ -338,7 +345,13 @@ class State:
                     db = self._db
                     uploads = db.execute("SELECT count(*) FROM uploads").fetchone()[0] if uploads_stale else 0
                     mirror = db.execute("SELECT count(*) FROM mirror").fetchone()[0] if mirror_stale else 0
-                    if uploads_stale:
+                    if uploads_stale and old is not None and (old.endpoint, old.bucket) == (new.endpoint, new.bucket):
+                        # Same bucket, other naming or folder: no "already uploaded" holds any more,
+                        # but which path's bytes are at a key still does (a key's owner must not be
+                        # forgotten because a category was added); conflicts are looked at again.
+                        db.execute("UPDATE uploads SET status = 'gone' WHERE status = 'uploaded'")
+                        uploads = db.execute("SELECT count(*) FROM uploads WHERE status = 'gone'").fetchone()[0]
+                    elif uploads_stale:
                         db.execute("DELETE FROM uploads")
                     if mirror_stale:
                         db.execute("DELETE FROM mirror")
@@ -505,6 +518,18 @@ class State:
             (key, other_than),
         )
         return [UploadRecord(*r) for r in rows]  # type: ignore[arg-type]
+
+    def uploads_with(self, *statuses: str) -> list[UploadRecord]:
+        """Every upload record with one of ``statuses`` (for ``state rebuild``)."""
+        if self._foreign_uploads or not statuses:
+            return []
+        marks = ",".join("?" * len(statuses))
+        rows = self._read(f"{self._upload_select} WHERE status IN ({marks})", statuses)
+        return [UploadRecord(*r) for r in rows]  # type: ignore[arg-type]
+
+    def record_owner(self, path: str, key: str, sha256: str | None, etag: str | None) -> None:
+        """Remember that ``path``'s bytes went to ``key`` though the file is gone (see :meth:`record_gone`)."""
+        self._record(path, "gone", 0, 0, sha256=sha256, key=key, etag=etag)
 
     def clear_verdicts(self) -> int:
         """Forget every rejection and conflict (``sync --retry-rejected``); return how many."""
