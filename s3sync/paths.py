@@ -14,6 +14,8 @@ s3sync.errors.UnsafeKeyError: unsafe key 'a/../../etc/passwd': has a '..' segmen
 
 Control characters and Unicode format characters (category Cf: bidirectional overrides such as
 U+202E, zero-width spaces, BOMs) are refused too: a file named with them displays as another name.
+So are the line and paragraph separators U+2028/U+2029 (categories Zl, Zp: they break a name
+in two as a newline does) and the Hangul fillers, letters that display as nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ __all__ = [
 #: Linux NAME_MAX and a conservative PATH_MAX budget for the part below the root.
 MAX_SEGMENT_BYTES = 255
 MAX_PATH_BYTES = 3072
+
+#: Letters (category Lo) that display as nothing: a name holding one looks like another name.
+_INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
 
 #: Prefix of s3sync's temporary files; such names are reserved, swept at start-up, never mirrored.
 TEMP_PREFIX = ".s3sync-tmp-"
@@ -57,11 +62,13 @@ def key_to_relpath(key: str) -> tuple[str, ...]:
         if ch == "\x00":
             raise UnsafeKeyError(key, "contains a NUL character")
         category = unicodedata.category(ch)
-        if category in {"Cc", "Cs"}:
-            raise UnsafeKeyError(key, "contains a control character")
+        if category in {"Cc", "Cs", "Zl", "Zp"}:
+            raise UnsafeKeyError(key, "contains a control character or line break")
         if category == "Cf":
             # U+202E turns "gpj.exe" into what reads as "exe.jpg"; U+200B hides in plain sight.
             raise UnsafeKeyError(key, f"contains an invisible or bidirectional format character (U+{ord(ch):04X})")
+        if ch in _INVISIBLE_LETTERS:
+            raise UnsafeKeyError(key, f"contains an invisible filler character (U+{ord(ch):04X})")
     try:
         encoded = key.encode("utf-8")
     except UnicodeEncodeError as exc:

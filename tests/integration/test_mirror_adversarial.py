@@ -365,11 +365,6 @@ def test_a_listing_that_repeats_its_token_ends(make_settings, s3_server, rclone_
 # --- 7. names that display as something else ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="key_to_relpath refuses Cc and Cf but not U+2028/U+2029 (Zl/Zp): a name that breaks lines "
-    "like '\\n' (which is refused) and displays as two names",
-)
 @pytest.mark.parametrize("char", ["\u2028", "\u2029"], ids=["line-separator", "paragraph-separator"])
 def test_line_and_paragraph_separators_are_unsafe(char):
     with pytest.raises(UnsafeKeyError):

@@ -24,6 +24,14 @@ def test_format_characters_make_a_key_unsafe(char):
     assert f"U+{ord(char):04X}" in info.value.reason
 
 
+@pytest.mark.parametrize("char", ["\u3164", "\u115f", "\u1160", "\uffa0"])
+def test_invisible_fillers_make_a_key_unsafe(char):
+    """Hangul fillers are letters that display as nothing: 'a\u3164.jpg' looks like 'a.jpg'."""
+    with pytest.raises(UnsafeKeyError) as info:
+        key_to_relpath(f"VASE/F0001/F0001_A{char}.jpg")
+    assert f"U+{ord(char):04X}" in info.value.reason
+
+
 def test_other_non_ascii_keys_stay_safe():
     """Accented letters, CJK and emoji are ordinary names."""
     for key in ("VASE/é/café.jpg", "写真/花.png", "a/🌸.jpg"):
@@ -38,7 +46,7 @@ def test_no_safe_key_holds_a_format_or_control_character(key):
         segments = key_to_relpath(key)
     except UnsafeKeyError:
         return
-    assert all(unicodedata.category(ch) not in {"Cc", "Cf", "Cs"} for seg in segments for ch in seg)
+    assert all(unicodedata.category(ch) not in {"Cc", "Cf", "Cs", "Zl", "Zp"} for seg in segments for ch in seg)
 
 
 def test_claims_first_listed_key_wins():
