@@ -407,6 +407,13 @@ class Mirror:
         # commit group made it durable: whichever of the two comes second notes it.
         box = _Sha256Box()
 
+        def got(size: int, etag: str) -> None:
+            # The GET may return another version than the listing's (replaced in between): the
+            # record must name what is on disk, or a version restored later is never fetched.
+            if (size, etag) != (obj.size, obj.etag):
+                with box.lock:
+                    box.version = RemoteVersion(size, etag, None)
+
         def durable(path: Path | None, error: LocalFileError | None) -> None:
             if isinstance(error, LocalChangedError):
                 self._changed_meanwhile(obj, pass_no, report, error)
@@ -415,7 +422,7 @@ class Mirror:
                 self._failed(obj.key, report, str(error))
                 return
             with box.lock:
-                nbytes = self._record(obj, path, pass_no, report, box.sha256)
+                nbytes = self._record(obj, path, pass_no, report, box.sha256, box.version)
                 box.recorded = nbytes is not None
             if nbytes is None:
                 return
@@ -436,6 +443,7 @@ class Mirror:
                 on_durable=durable,
                 known_absent=expect == ABSENT,
                 expect=expect,
+                on_version=got,
             )
         except LocalChangedError as exc:
             self._changed_meanwhile(obj, pass_no, report, exc)
@@ -465,13 +473,21 @@ class Mirror:
                 log.debug("mirror.sha256_not_noted", key=obj.key, error=_describe(exc))
 
     def _record(
-        self, obj: RemoteObject, path: Path, pass_no: int, report: MirrorReport, sha256: str | None
+        self,
+        obj: RemoteObject,
+        path: Path,
+        pass_no: int,
+        report: MirrorReport,
+        sha256: str | None,
+        version: RemoteVersion | None = None,
     ) -> int | None:
-        """Note in the state that ``path`` holds ``obj``, as the mirror wrote it; its size, or None on failure."""
+        """Note in the state that ``path`` holds ``obj`` (or the ``version`` the GET returned), as the
+        mirror wrote it; its size, or None on failure."""
         try:
             st = os.lstat(path)
             local = LocalStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-            self._note(obj.key, _version(obj), local, pass_no, sha256, owned=True)
+            written = version or _version(obj)
+            self._note(obj.key, written, local, pass_no, sha256, owned=True, etag=written.etag)
         except (S3SyncError, OSError) as exc:
             self._failed(obj.key, report, _describe(exc))
             return None
@@ -581,12 +597,14 @@ class Mirror:
 class _Sha256Box:
     """The SHA-256 of a download, met by its durable callback (see :meth:`Mirror._download`)."""
 
-    __slots__ = ("lock", "recorded", "sha256")
+    __slots__ = ("lock", "recorded", "sha256", "version")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.sha256: str | None = None
         self.recorded = False
+        #: The version the GET returned, when not the listed one.
+        self.version: RemoteVersion | None = None
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -852,6 +852,7 @@ class Transport:
         on_durable: Durable | None = None,
         known_absent: bool = False,
         expect: Expected = None,
+        on_version: Callable[[int, str], None] | None = None,
     ) -> DownloadResult:
         """Download ``key`` to its place under the mirror folder, atomically, unless already identical.
 
@@ -861,7 +862,9 @@ class Transport:
         ``known_absent`` says the caller has just seen no file there: the local check is skipped.
         ``expect`` is what the caller saw there when it decided to download (see
         :class:`~s3sync.localfs.AtomicWriter`): anything else found there at the end is not
-        replaced (:class:`~s3sync.errors.LocalChangedError`).
+        replaced (:class:`~s3sync.errors.LocalChangedError`). ``on_version(size, etag)`` is told
+        what the GET returned (which may be a newer version than the listing's) before the file
+        is handed to the group.
         """
         started = time.monotonic()
         segments = key_to_relpath(key)
@@ -879,7 +882,7 @@ class Transport:
                 if known.same_content(local.size, local.sha256, local.md5 or None):
                     return DownloadResult(key, target, 0, local.sha256, known.etag, True, 0)
         size = remote.size if isinstance(remote, RemoteObject) else None
-        job = _Fetch(key, segments, started, progress, group, on_durable, expect)
+        job = _Fetch(key, segments, started, progress, group, on_durable, expect, on_version)
         if self.settings.max_concurrency > 1 and (size is None or size >= self.settings.multipart_threshold):
             return self._get_ranged(job, size)
         return self._get(job)
@@ -925,6 +928,8 @@ class Transport:
                 n = landing.writer.bytes_written
                 sha_hex = sha.hexdigest() if sha else None
                 self._verify(key, n, length, sha_hex, want_sha, md5.hexdigest() if md5 else None, etag)
+                if job.on_version is not None:
+                    job.on_version(n, etag)
                 path = landing.finish()
         finally:
             body.close()
@@ -983,6 +988,8 @@ class Transport:
                 hasher.close()
             sha_hex, md5_hex = hasher.digests()
             self._verify(key, hasher.hashed, total, sha_hex, want_sha, md5_hex, etag)
+            if job.on_version is not None:
+                job.on_version(total, etag)
             path = landing.finish()
         ms = int((time.monotonic() - job.started) * 1000)
         return DownloadResult(key, path, total, sha_hex or want_sha, etag, False, ms)
@@ -1080,6 +1087,8 @@ class _Fetch:
     group: CommitGroup | None
     on_durable: Durable | None
     expect: Expected = None
+    #: Told (size, ETag) of what the GET returned, before the file is committed.
+    on_version: Callable[[int, str], None] | None = None
 
 
 class _Landing:

@@ -137,11 +137,6 @@ def test_edit_during_the_download_is_not_overwritten(make_settings, s3_server, f
 # --- 2. the record names the listed version, the file holds the GET's ---------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Mirror._record notes the listing's ETag, not the GET's: an object replaced between LIST "
-    "and GET, then restored, leaves the other version on disk for ever",
-)
 def test_object_replaced_between_list_and_get_then_restored_is_not_stale(make_settings, s3_server, fault_proxy):
     """LIST sees A, the GET gets B (replaced meanwhile), then A is put back: the mirror must end with A."""
     settings = make_settings(**FAST, endpoint_url=fault_proxy.endpoint)
