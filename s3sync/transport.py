@@ -907,8 +907,10 @@ class Transport:
         length = int(resp.get("ContentLength", -1))
         etag = _unquote(resp.get("ETag"))
         want_sha = _metadata_sha256(resp.get("Metadata"))
-        sha = hashlib.sha256() if want_sha else None
         md5 = hashlib.md5(usedforsecurity=False) if (not want_sha and _is_md5_etag(etag)) else None
+        # Without our SHA-256 or a plain-MD5 ETag nothing else can later tell the mirror's own bytes
+        # from a person's (after a chmod or touch): the SHA-256 of what lands is recorded.
+        sha = hashlib.sha256() if (want_sha or md5 is None) else None
         body = resp["Body"]
         try:
             with _Landing(self, job) as landing:
