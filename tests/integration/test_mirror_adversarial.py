@@ -4,6 +4,7 @@ Each test describes one way the mirror could still destroy or overwrite a person
 a file whose object still exists, or keep serving stale data, and asserts the safe outcome. Each
 failed on the code it was written against (4fee605) and passes since its hole was closed.
 """
+
 from __future__ import annotations
 
 import base64
