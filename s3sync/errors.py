@@ -17,6 +17,7 @@ knows the exit code the command line maps it to (``1``: an item failed,
     │   └── IntegrityError                    bytes on one side differ from the other
     ├── LocalFileError               exit 1   a local file vanished, is unreadable, or cannot be written
     │   ├── FileChangedError                  the file changed while it was read (the attempt is discarded)
+    │   ├── LocalChangedError                 a person changed the mirror's file while it downloaded (kept)
     │   └── NotRegularFileError               a symlink, FIFO, socket or device where a file was expected
     └── StateError                   exit 1   the state database is unusable
         ├── StateCorruptError        exit 2   not a SQLite database, or it fails its integrity check

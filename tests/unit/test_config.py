@@ -168,6 +168,11 @@ def test_public_api():
     for cls in (s3sync.UploadError, s3sync.DownloadError, s3sync.IntegrityError):
         assert issubclass(cls, s3sync.TransferError)
         assert issubclass(cls, s3sync.S3SyncError)
+    for cls in (s3sync.FileChangedError, s3sync.NotRegularFileError, s3sync.LocalChangedError):
+        assert issubclass(cls, s3sync.LocalFileError)
+    assert s3sync.StateCorruptError.exit_code == 2
+    assert s3sync.StateLockedError.exit_code == 2
+    assert s3sync.ListingError("x").exit_code == 1
 
 
 names = st.sampled_from(
