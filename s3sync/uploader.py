@@ -583,10 +583,13 @@ class Uploader:
         owners = [r for r in records if r.status != "conflict"]
         if not owners:
             return False
-        if self.transport.head(key) is None:
+        remote = self.transport.head(key)
+        if remote is None:
             return False  # the object is gone from the bucket (removed on purpose): the key is free again
         now, hashes = read_hashes(item.path, md5=False, root=self.root)
         same = [o for o in owners if o.sha256 == hashes.sha256]
+        if same and remote.sha256 not in (None, hashes.sha256):
+            same = []  # the bucket holds other bytes than the owner's (changed outside s3sync): not ours to take
         if same:
             # The same bytes under another name: nothing to send, and nothing is overwritten.
             owner = same[0]
