@@ -25,6 +25,7 @@ MIB = 1024 * 1024
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(420)  # 20 restarts and 304 files: about 30 s alone, several times that beside the suite
 def test_sigkill_loop_loses_nothing(make_settings, tmp_path):
     """300+ files (some multipart), 20 SIGKILLs at random moments: every file ends in the bucket once, intact."""
     rng = random.Random(SEED)
@@ -97,7 +98,11 @@ def test_sigkill_loop_loses_nothing(make_settings, tmp_path):
     reader.start()
     try:
         assert ready.wait(timeout=60), "the daemon never became ready"  # its signal handlers are installed
-        wait_for(lambda: not any(settings.upload_dir_path.iterdir()), timeout=180, interval=0.5)
+        try:
+            wait_for(lambda: not any(settings.upload_dir_path.iterdir()), timeout=240, interval=0.5)
+        except AssertionError:
+            left = sorted(str(p.relative_to(settings.upload_dir_path)) for p in settings.upload_dir_path.rglob("*"))
+            raise AssertionError(f"left in the upload folder: {left[:20]}; log: {''.join(tail[-30:])}") from None
         wait_for(lambda: mirror_complete(settings, expected), timeout=120, interval=0.5)
     finally:
         proc.send_signal(signal.SIGTERM)
