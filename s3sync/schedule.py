@@ -201,7 +201,15 @@ class UploadSchedule:
             if due > now:
                 return None
             heapq.heappop(self._heap)
-            if self._ready(item, probe(item.path), now, wall, on_drop, veto):
+            try:
+                ready = self._ready(item, probe(item.path), now, wall, on_drop, veto)
+            except BaseException:
+                # A probe or veto that fails must not lose the file: it stays queued, looked at again.
+                if item.rel in self._items:
+                    item.due = now + POLL_SECONDS
+                    self._push(item)
+                raise
+            if ready:
                 del self._items[rel]
                 self._inflight[rel] = item
                 return item

@@ -17,6 +17,7 @@ object with a HEAD and check that the file is unchanged and closed before it goe
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import json
@@ -42,7 +43,7 @@ from s3sync.errors import (
     S3SyncError,
     StateError,
 )
-from s3sync.localfs import lstat_under, move_no_replace, open_dir_under, unique_names
+from s3sync.localfs import move_no_replace, open_dir_under, unique_names
 from s3sync.openfiles import OpenWriters
 from s3sync.plan import LocalStat, UploadAction, backoff_delay, is_ignored_name, plan_upload
 from s3sync.schedule import Entry, Hint, Probe, UploadSchedule
@@ -419,9 +420,9 @@ class Uploader:
         """``lstat`` for the schedule, below the upload folder without following symlinks."""
         rel = self._rel(path)
         try:
-            st = lstat_under(self.root, self._parts(rel)) if rel else path.lstat()
-        except OSError:
-            return Probe("error")
+            st = _lstat_under(self.root, self._parts(rel)) if rel else path.lstat()
+        except (OSError, LocalFileError):
+            return Probe("error")  # the worker tries, and reports it
         if st is None:
             return Probe("gone")
         kind = file_kind(st.st_mode)
@@ -516,7 +517,7 @@ class Uploader:
         path, rel = item.path, item.rel
         # Every look at the file goes through the upload folder one folder at a time, following no
         # symlink: a subfolder swapped for a symlink leads nowhere (the path is then "gone").
-        st = lstat_under(self.root, self._parts(rel))
+        st = _lstat_under(self.root, self._parts(rel))
         if st is None:
             return
         if not stat.S_ISREG(st.st_mode):
@@ -704,7 +705,7 @@ class Uploader:
                 self.state.forget_upload(rel)
             raise IntegrityError(f"s3://{self.transport.bucket}/{key} could not be confirmed; {rel} kept", key=key)
         parts = self._parts(rel)
-        st = lstat_under(self.root, parts)
+        st = _lstat_under(self.root, parts)
         if st is None:
             return
         if not stat.S_ISREG(st.st_mode) or not identity(st).same_file(source):
@@ -768,6 +769,30 @@ def _unlink_if_same(root: Path, parts: tuple[str, ...], source: LocalStat) -> bo
         return False
     finally:
         os.close(dir_fd)
+
+
+_GONE = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR})
+
+
+def _lstat_under(root: Path, parts: tuple[str, ...]) -> os.stat_result | None:
+    """``lstat`` of ``root/parts`` following no symlink on the way; None when it is not there (or a
+    folder on the way is a symlink now). Any other failure raises: a file must never be taken for
+    gone because of a passing error (it would wait for the next rescan)."""
+    try:
+        fd = open_dir_under(root, parts[:-1], create=False)
+    except LocalFileError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno in _GONE:
+            return None
+        raise
+    try:
+        return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in _GONE:
+            return None
+        raise LocalFileError(f"cannot look at {'/'.join(parts)!r}: {exc.strerror}", path=str(root)) from exc
+    finally:
+        os.close(fd)
 
 
 _ASIDE = ".s3sync-delete-"

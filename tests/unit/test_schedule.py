@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -172,3 +173,17 @@ def test_no_interleaving_ever_has_one_path_in_flight_twice(ops, close_events):
         assert in_flight == {f.rel for f in flying}
         assert len(in_flight) == len(flying)
         assert not (in_flight & set(s._items)), "a path both queued and in flight"
+
+
+def test_a_failing_probe_loses_nothing():
+    """A probe (or veto) that raises leaves the file queued: it is taken once the probe works again."""
+    s = UploadSchedule(settle_seconds=0.0)
+    s.note("a", P, Hint.CLOSED, now=0.0)
+
+    def broken(path: Path) -> Probe:
+        raise OSError("EMFILE")
+
+    with pytest.raises(OSError, match="EMFILE"):
+        s.take(0.0, broken, wall=0.0)
+    assert s.queued == 1
+    assert s.take(1.0, probe_of(OLD), wall=0.0) is not None
