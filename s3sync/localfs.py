@@ -53,6 +53,7 @@ __all__ = [
     "move_no_replace",
     "open_dir_under",
     "remove_under",
+    "rename_no_replace",
     "sweep_temp_files",
 ]
 
@@ -158,20 +159,34 @@ def open_dir_under(root: Path, segments: Sequence[str], *, create: bool) -> int:
     return fd
 
 
-def lstat_under(root: Path, segments: Sequence[str]) -> os.stat_result | None:
-    """``lstat`` of ``root/segments`` without following symlinks on the way; None if absent."""
+def lstat_under(root: Path, segments: Sequence[str], *, strict: bool = False) -> os.stat_result | None:
+    """``lstat`` of ``root/segments`` without following symlinks on the way; None if absent.
+
+    Not there includes a folder on the way that is a symlink or a file now. Any other failure
+    gives None too, unless ``strict``: then it raises :class:`LocalFileError` (a passing error must
+    not make a file look gone).
+    """
     if not segments:
         return None
     try:
         fd = open_dir_under(root, segments[:-1], create=False)
-    except LocalFileError:
-        return None
+    except LocalFileError as exc:
+        cause = exc.__cause__
+        if not strict or (isinstance(cause, OSError) and cause.errno in _GONE):
+            return None
+        raise
     try:
         return os.stat(segments[-1], dir_fd=fd, follow_symlinks=False)
-    except OSError:
-        return None
+    except OSError as exc:
+        if not strict or exc.errno in _GONE:
+            return None
+        raise LocalFileError(f"cannot look at {'/'.join(segments)!r}: {exc.strerror}", path=str(root)) from exc
     finally:
         os.close(fd)
+
+
+#: What says "not there" when a path is walked without following symlinks.
+_GONE = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR})
 
 
 def remove_under(root: Path, segments: Sequence[str]) -> bool:
@@ -293,21 +308,30 @@ def move_no_replace(
     try:
         fd = open_dir_under(root, segments[:-1], create=True)
         try:
-            for name in itertools.islice(unique_names(segments[-1]), attempts):
-                try:
-                    _rename_no_replace(src_fd, src_name, fd, name)
-                except FileExistsError:
-                    continue
-                except OSError as exc:
-                    raise LocalFileError(f"cannot move {str(src)!r}: {exc.strerror}", path=str(src)) from exc
-                with contextlib.suppress(OSError):
-                    os.fsync(fd)
-                return root.joinpath(*segments[:-1], name)
+            try:
+                name = rename_no_replace(src_fd, src_name, fd, segments[-1], attempts=attempts)
+            except OSError as exc:
+                raise LocalFileError(f"cannot move {str(src)!r}: {exc.strerror}", path=str(src)) from exc
+            with contextlib.suppress(OSError):
+                os.fsync(fd)
+            return root.joinpath(*segments[:-1], name)
         finally:
             os.close(fd)
     finally:
         os.close(src_fd)
-    raise LocalFileError(f"cannot move {str(src)!r}: no free name under {str(root)!r}", path=str(src))
+
+
+def rename_no_replace(src_fd: int, src: str, dir_fd: int, name: str, *, attempts: int = 10_000) -> str:
+    """Rename ``src`` (in folder ``src_fd``) into folder ``dir_fd`` as ``name``, or ``name.1``... when
+    taken: nothing is ever replaced. Returns the name used; :class:`LocalFileError` when none is free.
+    """
+    for candidate in itertools.islice(unique_names(name), attempts):
+        try:
+            _rename_no_replace(src_fd, src, dir_fd, candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise LocalFileError(f"cannot move {src!r}: no free name for {name!r}", path=src)
 
 
 class OrderedHasher:

@@ -17,9 +17,7 @@ object with a HEAD and check that the file is unchanged and closed before it goe
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
-import itertools
 import json
 import os
 import random
@@ -43,7 +41,7 @@ from s3sync.errors import (
     S3SyncError,
     StateError,
 )
-from s3sync.localfs import move_no_replace, open_dir_under, unique_names
+from s3sync.localfs import FileHashes, lstat_under, move_no_replace, open_dir_under, rename_no_replace
 from s3sync.openfiles import OpenWriters
 from s3sync.plan import LocalStat, UploadAction, backoff_delay, is_ignored_name, plan_upload
 from s3sync.schedule import Entry, Hint, Probe, UploadSchedule
@@ -82,7 +80,6 @@ def upload_rules(settings: Settings) -> str:
 class UploaderStats:
     """Counters for status lines and the summary of ``s3sync sync``."""
 
-    queued: int = 0
     uploaded: int = 0
     skipped: int = 0
     rejected: int = 0
@@ -184,7 +181,6 @@ class Uploader:
             except ValueError:
                 kind = Hint.SCAN
             self._sched.note(rel, path, kind, time.monotonic(), remote)
-            self.stats.queued = self._sched.queued
             if kind in {Hint.CREATED, Hint.MODIFIED, Hint.CLOSED, Hint.MOVED}:
                 log.debug("upload.queued", path=rel, hint=hint)
             self._cond.notify()
@@ -411,7 +407,6 @@ class Uploader:
     def _take(self, now: float) -> Entry | None:
         """The next due file that is ready, now in flight (the lock is held)."""
         item = self._sched.take(now, self._probe, wall=time.time(), on_drop=self._dropped, veto=self._open_writer)
-        self.stats.queued = self._sched.queued
         if item is not None:
             self._progress[item.rel] = now
         return item
@@ -420,7 +415,7 @@ class Uploader:
         """``lstat`` for the schedule, below the upload folder without following symlinks."""
         rel = self._rel(path)
         try:
-            st = _lstat_under(self.root, self._parts(rel)) if rel else path.lstat()
+            st = lstat_under(self.root, self._parts(rel), strict=True) if rel else path.lstat()
         except (OSError, LocalFileError):
             return Probe("error")  # the worker tries, and reports it
         if st is None:
@@ -484,7 +479,6 @@ class Uploader:
             if retry is not None:
                 item.remote = UNKNOWN
             self._sched.release(item, now, None if self._stop.is_set() else retry)
-            self.stats.queued = self._sched.queued
             following = self._take(now) if take_next and not self._stop.is_set() else None
             if following is None:
                 self._cond.notify_all()
@@ -517,7 +511,7 @@ class Uploader:
         path, rel = item.path, item.rel
         # Every look at the file goes through the upload folder one folder at a time, following no
         # symlink: a subfolder swapped for a symlink leads nowhere (the path is then "gone").
-        st = _lstat_under(self.root, self._parts(rel))
+        st = lstat_under(self.root, self._parts(rel), strict=True)
         if st is None:
             return
         if not stat.S_ISREG(st.st_mode):
@@ -578,8 +572,16 @@ class Uploader:
         records = self.state.key_records(key, other_than=item.rel)
         if not records:
             return False
+        read: list[tuple[LocalStat, FileHashes]] = []
+
+        def content() -> tuple[LocalStat, FileHashes]:
+            """The file's identity and SHA-256, read once whoever asks first."""
+            if not read:
+                read.append(read_hashes(item.path, md5=False, root=self.root))
+            return read[0]
+
         held = [r for r in records if r.status == "conflict"]
-        if held and self._held_back(item, key, local, held):
+        if held and self._held_back(item, key, local, held, content):
             return True
         owners = [r for r in records if r.status != "conflict"]
         if not owners:
@@ -587,7 +589,7 @@ class Uploader:
         remote = self.transport.head(key)
         if remote is None:
             return False  # the object is gone from the bucket (removed on purpose): the key is free again
-        now, hashes = read_hashes(item.path, md5=False, root=self.root)
+        now, hashes = content()
         same = [o for o in owners if o.sha256 == hashes.sha256]
         if same and remote.sha256 not in (None, hashes.sha256):
             same = []  # the bucket holds other bytes than the owner's (changed outside s3sync): not ours to take
@@ -603,7 +605,14 @@ class Uploader:
         self._conflict(item, key, now, hashes.sha256, other)
         return True
 
-    def _held_back(self, item: Entry, key: str, local: LocalStat, held: list[UploadRecord]) -> bool:
+    def _held_back(
+        self,
+        item: Entry,
+        key: str,
+        local: LocalStat,
+        held: list[UploadRecord],
+        content: Callable[[], tuple[LocalStat, FileHashes]],
+    ) -> bool:
         """True when this file is one held back as a conflict elsewhere, moved here (same inode or bytes).
 
         Moving the conflicting file onto the owner's path (its record says the owner's file is
@@ -614,7 +623,7 @@ class Uploader:
         match = next((r for r in held if r.ino and (r.ino, r.size, r.mtime_ns) == moved), None)
         now, sha256 = local, None
         if match is None:
-            now, hashes = read_hashes(item.path, md5=False, root=self.root)
+            now, hashes = content()
             sha256 = hashes.sha256
             match = next((r for r in held if r.sha256 and r.sha256 == sha256), None)
         if match is None:
@@ -705,7 +714,7 @@ class Uploader:
                 self.state.forget_upload(rel)
             raise IntegrityError(f"s3://{self.transport.bucket}/{key} could not be confirmed; {rel} kept", key=key)
         parts = self._parts(rel)
-        st = _lstat_under(self.root, parts)
+        st = lstat_under(self.root, parts, strict=True)
         if st is None:
             return
         if not stat.S_ISREG(st.st_mode) or not identity(st).same_file(source):
@@ -758,41 +767,11 @@ def _unlink_if_same(root: Path, parts: tuple[str, ...], source: LocalStat) -> bo
         except OSError:
             pass
         # Not ours to delete: back under its name (or name.1 if that was taken meanwhile).
-        with contextlib.suppress(OSError):
-            for candidate in itertools.islice(unique_names(name), 1000):
-                try:
-                    os.link(aside, candidate, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-                except FileExistsError:
-                    continue
-                os.unlink(aside, dir_fd=dir_fd)
-                break
+        with contextlib.suppress(OSError, LocalFileError):
+            rename_no_replace(dir_fd, aside, dir_fd, name)
         return False
     finally:
         os.close(dir_fd)
-
-
-_GONE = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR})
-
-
-def _lstat_under(root: Path, parts: tuple[str, ...]) -> os.stat_result | None:
-    """``lstat`` of ``root/parts`` following no symlink on the way; None when it is not there (or a
-    folder on the way is a symlink now). Any other failure raises: a file must never be taken for
-    gone because of a passing error (it would wait for the next rescan)."""
-    try:
-        fd = open_dir_under(root, parts[:-1], create=False)
-    except LocalFileError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, OSError) and cause.errno in _GONE:
-            return None
-        raise
-    try:
-        return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno in _GONE:
-            return None
-        raise LocalFileError(f"cannot look at {'/'.join(parts)!r}: {exc.strerror}", path=str(root)) from exc
-    finally:
-        os.close(fd)
 
 
 _ASIDE = ".s3sync-delete-"
