@@ -151,6 +151,9 @@ class Settings(BaseSettings):
         extra="ignore",
         frozen=True,
         hide_input_in_errors=True,  # validation errors must never echo a secret back
+        # Fields with aliases (botocore's own variable names) still take their field name as an
+        # argument: Settings(region=...). In the environment only the aliases count.
+        populate_by_name=True,
         validate_default=True,
         # An empty line (`S3_AWS_SECRET_ACCESS_KEY=`, as .env.example has) means "not set here":
         # it must not hide a value from a lower source (systemd's LoadCredential= files).
@@ -161,6 +164,9 @@ class Settings(BaseSettings):
     bucket_name: str | None = Field(None, description="Bucket to sync with.")
     aws_access_key_id: SecretStr | None = Field(None, description="Access key; boto3's chain when unset.")
     aws_secret_access_key: SecretStr | None = Field(None, description="Secret key; boto3's chain when unset.")
+    aws_session_token: SecretStr | None = Field(
+        None, description="Session token of temporary keys (sent as X-Amz-Security-Token); with the pair above."
+    )
     local_path: Path = Field(default_factory=lambda: _default_root("data") / "mirror", description="Mirror folder.")
     upload_dir_path: Path = Field(default_factory=lambda: _default_root("data") / "upload", description="Watched.")
     aws_base_url: str = Field("https://s3.amazonaws.com/", description="Base of public URLs.")
@@ -168,12 +174,24 @@ class Settings(BaseSettings):
 
     # --- the library -------------------------------------------------------------------------
     endpoint_url: str | None = Field(None, description="Any S3-compatible server; AWS when unset.")
-    region: str | None = Field(None, description="Region; boto3's default when unset.")
+    region: str | None = Field(
+        None,
+        # The SDKs' own names apply when S3_REGION is unset (then ~/.aws/config's region, then
+        # us-east-1 for a custom endpoint).
+        validation_alias=AliasChoices("S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+        description="Region; AWS_REGION / AWS_DEFAULT_REGION / the AWS config file when unset.",
+    )
     ca_bundle: Path | None = Field(
         None,
-        # botocore's own name is honoured too, so that both request paths trust the same CAs.
-        validation_alias=AliasChoices("ca_bundle", "S3_CA_BUNDLE", "AWS_CA_BUNDLE"),
+        # botocore's own name is honoured too (then ca_bundle in the AWS config file, then
+        # REQUESTS_CA_BUNDLE): every request trusts what botocore would trust.
+        validation_alias=AliasChoices("S3_CA_BUNDLE", "AWS_CA_BUNDLE"),
         description="PEM file of the CAs trusted for an https endpoint (AWS_CA_BUNDLE when unset).",
+    )
+    requests_ca_bundle: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("REQUESTS_CA_BUNDLE"),
+        description="botocore's last resort for CAs (REQUESTS_CA_BUNDLE), after the AWS config file's ca_bundle.",
     )
     key_template: str = "{category}/{folder}/{name}"
     allowed_extensions: Annotated[frozenset[str], NoDecode] = DEFAULT_EXTENSIONS
@@ -181,9 +199,10 @@ class Settings(BaseSettings):
     multipart_chunksize: int = Field(8 * _MIB, ge=5 * _MIB, le=5 * 1024 * _MIB)
     connect_timeout: float = Field(5.0, gt=0, le=300)
     read_timeout: float = Field(60.0, gt=0, le=3600)
-    max_attempts: int = Field(3, ge=1, le=20, description="botocore attempts per request.")
-    fast_path: bool = Field(
-        True, description="GET/PUT of single objects on a custom endpoint bypass botocore's pipeline."
+    max_attempts: int = Field(3, ge=1, le=20, description="Attempts per request (botocore's standard retry mode).")
+    request_stack: Literal["auto", "crt", "botocore"] = Field(
+        "auto",
+        description="What carries the requests: awscrt on a custom endpoint, botocore on AWS (auto), or one of them.",
     )
 
     # --- the daemon --------------------------------------------------------------------------
@@ -221,7 +240,7 @@ class Settings(BaseSettings):
     local_server: bool = Field(False, description="Start an embedded rclone S3 server (demo).")
 
     # --- validators --------------------------------------------------------------------------
-    @field_validator("aws_access_key_id", "aws_secret_access_key", "region", mode="before")
+    @field_validator("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "region", mode="before")
     @classmethod
     def _blank_is_unset(cls, v: object) -> object:
         # An empty line in .env, or a credential file ending in a newline, is not a value.
@@ -315,7 +334,8 @@ class Settings(BaseSettings):
         return v
 
     @field_validator(
-        "local_path", "upload_dir_path", "state_path", "rejected_dir", "done_dir", "ca_bundle", mode="before"
+        "local_path", "upload_dir_path", "state_path", "rejected_dir", "done_dir", "ca_bundle", "requests_ca_bundle",
+        mode="before",
     )
     @classmethod
     def _expand(cls, v: object) -> object:
@@ -331,7 +351,9 @@ class Settings(BaseSettings):
                 raise ValueError("starts with '~' but that user's home folder is unknown") from None
         return v
 
-    @field_validator("local_path", "upload_dir_path", "state_path", "rejected_dir", "done_dir", "ca_bundle")
+    @field_validator(
+        "local_path", "upload_dir_path", "state_path", "rejected_dir", "done_dir", "ca_bundle", "requests_ca_bundle"
+    )
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
         if v is None:
@@ -342,7 +364,7 @@ class Settings(BaseSettings):
             raise ValueError("is too long")
         return Path(os.path.normpath(v))
 
-    @field_validator("ca_bundle")
+    @field_validator("ca_bundle", "requests_ca_bundle")
     @classmethod
     def _readable_file(cls, v: Path | None) -> Path | None:
         if v is None:
@@ -404,8 +426,21 @@ class Settings(BaseSettings):
                 text = "true" if value else "false"
             else:
                 text = str(value)
-            out[ENV_PREFIX + name.upper()] = text
+            out[env_name(name)] = text
         return out
+
+
+def env_name(field: str) -> str:
+    """The variable that sets ``field``: ``S3_<FIELD>``, or its first alias (``S3_REGION``, ``REQUESTS_CA_BUNDLE``).
+
+    >>> env_name("bucket_name"), env_name("requests_ca_bundle")
+    ('S3_BUCKET_NAME', 'REQUESTS_CA_BUNDLE')
+    """
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices) and alias.choices and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    return ENV_PREFIX + field.upper()
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -420,7 +455,8 @@ def _overlap(a: Path, b: Path) -> bool:
 def _describe(exc: ValidationError) -> tuple[str, str]:
     err = exc.errors(include_url=False, include_input=False)[0]
     loc = [str(p) for p in err.get("loc", ()) if isinstance(p, str)]
-    setting = ENV_PREFIX + loc[0].upper() if loc else "settings"
+    # An aliased field is located by the alias that set it (S3_CA_BUNDLE, aws_region...).
+    setting = (env_name(loc[0]) if loc[0] in Settings.model_fields else loc[0].upper()) if loc else "settings"
     msg = str(err.get("msg", "invalid value"))
     msg = msg.removeprefix("Value error, ")
     if not loc and msg.startswith(ENV_PREFIX):

@@ -15,6 +15,7 @@ import structlog
 
 from s3sync.service import Service
 from s3sync.settings import Settings
+from s3sync._boto import BotoRequests
 from s3sync.transport import Transport, make_client
 
 
@@ -62,8 +63,8 @@ def counted_transport(settings: Settings) -> tuple[Transport, KeyCounter]:
     client = make_client(settings)
     counter = KeyCounter(client)
     transport = Transport(settings, client=client)
-    if transport.fast is not None:
-        transport.fast.hooks.append(counter.record)
+    if not isinstance(transport.requests, BotoRequests):  # botocore's calls are counted by the client's hooks
+        transport.requests.hooks.append(counter.record)
     return transport, counter
 
 

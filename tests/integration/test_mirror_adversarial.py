@@ -263,11 +263,11 @@ def _token_without_truncated(body: bytes) -> bytes:
     )
 
 
-@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "botocore"])
-def test_page_with_a_token_but_no_is_truncated_is_not_complete(make_settings, s3_server, fault_proxy, fast_path):
+@pytest.mark.parametrize("request_stack", ["crt", "botocore"])
+def test_page_with_a_token_but_no_is_truncated_is_not_complete(make_settings, s3_server, fault_proxy, request_stack):
     """A gateway that signals 'more' only by NextContinuationToken: nothing may be deleted from that page."""
     settings = make_settings(
-        **FAST, mirror_delete=True, endpoint_url=fault_proxy.endpoint, fast_path=fast_path, max_attempts=1
+        **FAST, mirror_delete=True, endpoint_url=fault_proxy.endpoint, request_stack=request_stack, max_attempts=1
     )
     keys = [f"VASE/F01{i}/F01{i}_G.jpg" for i in range(5)]
     for k in keys:

@@ -280,13 +280,13 @@ def test_download_by_name_learns_the_size_from_its_first_range(make_settings, si
 
 @pytest.mark.parametrize("size", [0, 1000, 17 * MIB + 123])
 def test_downloads_through_botocore_are_byte_exact(make_settings, size):
-    """With S3_FAST_PATH=false, botocore's stream fills the same reused buffer, streamed or ranged."""
-    settings = make_settings(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB, fast_path=False)
+    """With S3_REQUEST_STACK=botocore, botocore's stream lands byte-exact, streamed or ranged."""
+    settings = make_settings(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB, request_stack="botocore")
     data = os.urandom(size)
     name = "PP0001_LARGE.png"
     (settings.upload_dir_path / name).write_bytes(data)
     with Transport(settings) as t:
-        assert t.fast is None
+        assert type(t.requests).__name__ == "BotoRequests"
         key = t.upload(name).key
         by_listing = t.download_key(key, remote=_listed(t, key))  # ranged when large
         assert by_listing.path.read_bytes() == data
@@ -309,7 +309,7 @@ def test_broken_range_fails_the_download_and_leaves_nothing(make_settings, fault
     A flipped byte in a later part is caught by the whole-file hash. A first range cut short
     fails while the other ranges are already streaming: they are stopped before the temp file goes.
     """
-    settings = make_settings(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
+    settings = make_settings(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB, request_stack="botocore")
     data = os.urandom(12 * MIB)
     key = f"big/{fault}.bin"
     make_client(settings).put_object(Bucket=settings.require_bucket(), Key=key, Body=data)
@@ -323,3 +323,24 @@ def test_broken_range_fails_the_download_and_leaves_nothing(make_settings, fault
             t.download_key(key, remote=listed)
         assert [p for p in settings.local_path.rglob("*") if not p.is_dir()] == []
         assert t.download_key(key, remote=listed).path.read_bytes() == data  # the fault fired once
+
+
+def test_range_cut_before_any_byte_landed_is_retried(make_settings, fault_proxy):
+    """awscrt hands a part over only once it is whole: a first range cut short is retried, and lands intact.
+
+    The other ranges, already started from the first answer's headers, are stopped and started
+    again with it: nothing of the failed attempt is left, and the file is byte-exact.
+    """
+    settings = make_settings(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB, request_stack="crt")
+    data = os.urandom(12 * MIB)
+    key = "big/retried.bin"
+    make_client(settings).put_object(Bucket=settings.require_bucket(), Key=key, Body=data)
+    via_proxy = settings.model_copy(update={"endpoint_url": fault_proxy.endpoint})
+    fault_proxy.set_faults(
+        [Fault("truncate", match=lambda m, p, h: m == "GET" and h.get("range", "").startswith("bytes=0-"), times=1)]
+    )
+    with Transport(via_proxy) as t:
+        result = t.download_key(key, remote=_listed(t, key))
+    assert result.path.read_bytes() == data
+    assert fault_proxy.count("GET", contains="retried.bin") >= 4  # three ranges, the first one twice
+    assert not [p for p in settings.local_path.rglob("*") if p.name.startswith(TEMP_PREFIX)]

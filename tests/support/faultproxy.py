@@ -106,6 +106,10 @@ class Fault:
     rewrite: Callable[[bytes], bytes] | None = None
     #: ``kind="rewrite"``: response header names (lower-case) to leave out, e.g. ``{"etag"}``.
     drop_headers: frozenset[str] = frozenset()
+    #: ``kind="status"``: more of the error, as a server sends it: XML inside ``<Error>`` (e.g.
+    #: ``<Region>eu-central-1</Region>``) and response headers (e.g. ``x-amz-retry-after``).
+    extra_xml: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
     hits: int = field(default=0, init=False)
     _rng: random.Random = field(default_factory=random.Random, init=False, repr=False)
 
@@ -790,12 +794,14 @@ def _error_response(fault: Fault, method: str, target: str) -> bytes:
     resource = target.split("?", 1)[0].replace("&", "&amp;").replace("<", "&lt;")
     body = (
         f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
-        f"<Resource>{resource}</Resource><RequestId>faultproxy</RequestId></Error>"
+        f"<Resource>{resource}</Resource>{fault.extra_xml}<RequestId>faultproxy</RequestId></Error>"
     ).encode()
     date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
     head = (
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
         f"Content-Type: application/xml\r\nContent-Length: {len(body)}\r\n"
-        f"x-amz-request-id: faultproxy\r\nDate: {date}\r\n\r\n"
+        f"x-amz-request-id: faultproxy\r\nDate: {date}\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in fault.headers.items())
+        + "\r\n"
     ).encode()
     return head if method == "HEAD" else head + body
