@@ -19,6 +19,7 @@ Only this module and the two stacks know HTTP; :func:`s3sync._s3client.translate
 from __future__ import annotations
 
 import email.utils
+import functools
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -195,22 +196,13 @@ class Requests(Protocol):
 
 
 # --- retries: botocore's standard mode, driven from here -------------------------------------------
-@dataclass(frozen=True)
-class _Service:
-    service_name: str = "s3"
+@functools.cache
+def _operation_model(name: str) -> Any:
+    """botocore's model of an S3 operation (what its retry checkers read); loaded on the first retry."""
+    import botocore.session
 
-
-@dataclass(frozen=True)
-class _Operation:
-    """What botocore's retry checkers read of an operation: its name, service and modeled errors.
-
-    S3 models no retryable error shapes, so none are given (loading the service model for them
-    would cost a third of a second at start-up for nothing).
-    """
-
-    name: str
-    service_model: _Service = _Service()
-    error_shapes: tuple[()] = ()
+    model = botocore.session.get_session().get_service_model("s3")
+    return model.operation_model(name) if name in model.operation_names else None
 
 
 @dataclass
@@ -259,7 +251,7 @@ class Retrier:
         if failure.failure == "http":
             context = standard.RetryContext(
                 attempt_number=attempt,
-                operation_model=_Operation(failure.operation),
+                operation_model=_operation_model(failure.operation),
                 parsed_response={"Error": {"Code": failure.code}, "ResponseMetadata": {}},
                 http_response=_HttpAnswer(failure.status, failure.headers),
                 request_context=request_context,
@@ -268,7 +260,9 @@ class Retrier:
         else:
             # No answer at all: botocore retries its connection errors (refused, reset, timed out).
             context = standard.RetryContext(
-                attempt_number=attempt, operation_model=_Operation(failure.operation), request_context=request_context
+                attempt_number=attempt,
+                operation_model=_operation_model(failure.operation),
+                request_context=request_context,
             )
             retry = attempt < self.max_attempts
         if not retry:

@@ -13,9 +13,9 @@ from typing import Any
 
 import structlog
 
+from s3sync._boto import BotoRequests
 from s3sync.service import Service
 from s3sync.settings import Settings
-from s3sync._boto import BotoRequests
 from s3sync.transport import Transport, make_client
 
 

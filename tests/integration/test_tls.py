@@ -50,7 +50,9 @@ def tls_proxy(ca: trustme.CA, s3_server) -> Iterator[TLSProxy]:
 
 
 @pytest.mark.parametrize("request_stack", ["crt", "botocore"])
-def test_private_ca_bundle_is_trusted_by_every_request(make_settings, tls_proxy, ca_pem, s3_server, bucket, request_stack):
+def test_private_ca_bundle_is_trusted_by_every_request(
+    make_settings, tls_proxy, ca_pem, s3_server, bucket, request_stack
+):
     """With S3_CA_BUNDLE, single PUTs, multipart uploads, ranged GETs and listings all go over TLS."""
     settings = make_settings(
         endpoint_url=tls_proxy.endpoint,

@@ -8,6 +8,7 @@ connection is spliced both ways until either side closes. :attr:`ForwardProxy.se
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from types import TracebackType
@@ -110,10 +111,8 @@ class ForwardProxy:
                 pass
             finally:
                 for s in (src, dst):
-                    try:
+                    with contextlib.suppress(OSError):
                         s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
 
         other = threading.Thread(target=pump, args=(b, a), daemon=True)
         other.start()
