@@ -32,6 +32,11 @@ _TIMEOUT_ERRORS = ("TIMEOUT", "TIMED_OUT")
 _CONNECT_ERRORS = ("CONNECTION_REFUSED", "NO_ROUTE", "HOST_NOT_FOUND", "DNS", "NETWORK_DOWN", "ADDRESS")
 _CREDENTIAL_ERRORS = ("AUTH_", "CREDENTIALS", "SIGNING")
 #: Answers naming another region: the request is signed again for that region (as botocore does).
+#: CRT errors that stand for an HTTP answer it did not pass on: (status, S3 error code).
+_SERVER_ERRORS = {
+    "AWS_ERROR_S3_SLOW_DOWN": (503, "SlowDown"),
+    "AWS_ERROR_S3_INTERNAL_ERROR": (500, "InternalError"),
+}
 #: How long a failed TLS handshake fails the requests that follow without trying (seconds).
 _TLS_FAILURE_MEMORY = 30.0
 _REGION_CODES = frozenset({"AuthorizationHeaderMalformed", "PermanentRedirect", "IllegalLocationConstraintException"})
@@ -314,9 +319,14 @@ class _Answer:
 
 
 def _no_answer(exc: Any, operation: str, started: bool) -> RequestFailed:
-    """The failure for a CRT error that is not an HTTP answer (connect, TLS, timeout, closed...)."""
+    """The failure for a CRT error that is not an S3ResponseError (connect, TLS, timeout, closed, 5xx...)."""
     name = str(getattr(exc, "name", "")).upper()
     text = f"{operation}: {getattr(exc, 'message', '') or name}"
+    if name in _SERVER_ERRORS:
+        # The CRT keeps neither the headers nor the body of a 5xx/429 answer, only its class: the
+        # retry policy sees botocore's codes for them (throttling, or a transient server error).
+        status, code = _SERVER_ERRORS[name]
+        return RequestFailed("http", text, operation=operation, status=status, code=code, body_started=started)
     if any(part in name for part in _CREDENTIAL_ERRORS):
         return RequestFailed("credentials", text, operation=operation)
     if any(part in name for part in _TLS_ERRORS):
