@@ -59,7 +59,7 @@ else:
 REPO = Path(__file__).resolve().parent.parent
 PEERS = ("aws", "s5cmd", "rclone")
 TOOLS = ("s3sync", *PEERS)
-SCENARIOS = ("upload", "mirror", "noop", "large", "daemon")
+SCENARIOS = ("upload", "mirror", "upload-layout", "mirror-layout", "noop", "large", "daemon")
 FILE_SIZE = 64 * 1024
 MIB = 1024 * 1024
 # Targets for the daemon (issue 5).
@@ -366,6 +366,22 @@ class Corpus:
             os.link(self.small / name, dest / name)
         return names
 
+    def layout_key(self, name: str) -> str:
+        """The key s3sync's default template gives ``name``: ``CATEGORY/FOLDER/NAME`` (one folder per resource)."""
+        from s3sync.resource import Resource
+        from s3sync.settings import Settings
+
+        return Resource(name, settings=Settings(_env_file=None, bucket_name="bench")).key
+
+    def link_layout(self, dest: Path, n: int) -> dict[str, str]:
+        """The first ``n`` small files as a tree of their layout keys under ``dest`` (for the peers); name -> key."""
+        keys = {name: self.layout_key(name) for name in self.names[:n]}
+        for name, key in keys.items():
+            path = dest / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.link(self.small / name, path)
+        return keys
+
     def link_large(self, dest: Path) -> None:
         dest.mkdir(parents=True)
         os.link(self.large, dest / self.large_name)
@@ -397,12 +413,14 @@ def drop_bucket(server: RcloneServer, client: S3Client, bucket: str) -> None:
         shutil.rmtree(server.data_dir / bucket, ignore_errors=True)
 
 
-def fill_bucket(client: S3Client, bucket: str, folder: Path, names: Iterable[str]) -> None:
-    """Untimed preparation: put files into a bucket with boto3 (16 threads)."""
+def fill_bucket(
+    client: S3Client, bucket: str, folder: Path, names: Iterable[str], keys: dict[str, str] | None = None
+) -> None:
+    """Untimed preparation: put files into a bucket with boto3 (16 threads), at ``keys[name]`` or their names."""
 
     def put(name: str) -> None:
         with open(folder / name, "rb") as f:
-            client.put_object(Bucket=bucket, Key=name, Body=f)
+            client.put_object(Bucket=bucket, Key=(keys or {}).get(name, name), Body=f)
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(put, names))
@@ -516,7 +534,7 @@ class Bench:
         self.env = base_env(server)
         self.client: S3Client = server.client(max_pool_connections=16)
         need_small = max(
-            opts.files if {"upload", "mirror"} & set(opts.scenarios) else 0,
+            opts.files if {"upload", "mirror", "upload-layout", "mirror-layout"} & set(opts.scenarios) else 0,
             opts.noop_files if "noop" in opts.scenarios else 0,
             1,
         )
@@ -623,6 +641,45 @@ class Bench:
             proc = self._run(tool, self._download_args(tool, bucket, dst), run_dir, env)
             check_folder(dst, {n: self.corpus.sha[n] for n in names})
             self._record("mirror", tool, proc, rnd)
+        finally:
+            self._cleanup(bucket, run_dir)
+
+    def upload_layout(self, tool: str, rnd: int) -> None:
+        """The bucket's real layout: s3sync derives CATEGORY/FOLDER/NAME from each dropped name (the
+        default template); the peers copy a folder tree already laid out that way, 2,000 folders."""
+        bucket, run_dir = self._fresh("upload-layout", tool, rnd)
+        try:
+            src = run_dir / "src"
+            if tool == "s3sync":
+                names = self.corpus.link_small(src, self.opts.files)
+                keys = {n: self.corpus.layout_key(n) for n in names}
+            else:
+                src.mkdir(parents=True)
+                keys = self.corpus.link_layout(src, self.opts.files)
+            env = self._env_for(tool, bucket, run_dir, upload=src, local=run_dir / "mirror", state="a")
+            if tool == "s3sync":
+                env = {k: v for k, v in env.items() if k != "S3_KEY_TEMPLATE"}
+            proc = self._run(tool, self._upload_args(tool, src, bucket), run_dir, env)
+            check_bucket(self.client, bucket, dict.fromkeys(keys.values(), FILE_SIZE))
+            self._record("upload-layout", tool, proc, rnd)
+        finally:
+            self._cleanup(bucket, run_dir)
+
+    def mirror_layout(self, tool: str, rnd: int) -> None:
+        """A bucket in the real layout (one folder per resource) -> an empty folder tree."""
+        bucket, run_dir = self._fresh("mirror-layout", tool, rnd)
+        try:
+            names = self.corpus.names[: self.opts.files]
+            keys = {n: self.corpus.layout_key(n) for n in names}
+            fill_bucket(self.client, bucket, self.corpus.small, names, keys)
+            dst = run_dir / "dst"
+            dst.mkdir()
+            up = run_dir / "up"
+            up.mkdir()
+            env = self._env_for(tool, bucket, run_dir, upload=up, local=dst, state="a")
+            proc = self._run(tool, self._download_args(tool, bucket, dst), run_dir, env)
+            check_folder(dst, {keys[n]: self.corpus.sha[n] for n in names})
+            self._record("mirror-layout", tool, proc, rnd)
         finally:
             self._cleanup(bucket, run_dir)
 
@@ -746,6 +803,8 @@ class Bench:
         steps: dict[str, Callable[[str, int], None]] = {
             "upload": self.upload,
             "mirror": self.mirror,
+            "upload-layout": self.upload_layout,
+            "mirror-layout": self.mirror_layout,
             "noop": self.noop,
             "large": self.large,
         }
@@ -964,6 +1023,8 @@ def daemon_table(d: DaemonResult, n_files: int, rounds: int) -> list[str]:
 _TITLES = {
     "upload": "upload: {files} files of 64 KiB, folder -> empty bucket",
     "mirror": "mirror: bucket of {files} objects of 64 KiB -> empty folder",
+    "upload-layout": "upload-layout: {files} files of 64 KiB -> keys CATEGORY/FOLDER/NAME (one folder each)",
+    "mirror-layout": "mirror-layout: bucket of {files} objects in CATEGORY/FOLDER/NAME -> empty folder tree",
     "noop": "noop: re-sync of {noop} files already in step (upload direction)",
     "large-up": "large-up: one {large} MiB file, folder -> empty bucket (multipart)",
     "large-down": "large-down: the same {large} MiB object -> empty folder",
@@ -982,6 +1043,12 @@ _COMMANDS = {
         "s5cmd: `s5cmd cp 's3://BUCKET/*' DIR/`",
         "rclone: `rclone copy bench:BUCKET DIR`",
     ],
+    "upload-layout": [
+        "s3sync: `s3sync sync --upload-only` from a flat drop folder, default S3_KEY_TEMPLATE "
+        "({category}/{folder}/{name}): each name gives its key",
+        "peers: the upload commands above on a folder tree already laid out as CATEGORY/FOLDER/NAME",
+    ],
+    "mirror-layout": ["the mirror commands above; every tool recreates the tree of 2,000 folders"],
     "noop": [
         "each tool first syncs the folder itself (untimed), so the bucket and its own state are in step; "
         "local mtimes are a day old",

@@ -11,8 +11,7 @@ Around it, ``s3sync run`` is a sync daemon (see :mod:`s3sync.service`).
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from s3sync._version import __version__
 from s3sync.browser import Browser, FileTreeNode
 from s3sync.errors import (
     ConfigurationError,

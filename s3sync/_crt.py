@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from s3sync._requests import Reply, RequestFailed, RequestHook, Retrier, Sink, parse_listing
+from s3sync._requests import Reply, RequestFailed, RequestHook, Requests, Retrier, Sink, parse_listing
 
 __all__ = ["CrtRequests", "host_header"]
 
@@ -37,6 +37,8 @@ _SERVER_ERRORS = {
     "AWS_ERROR_S3_SLOW_DOWN": (503, "SlowDown"),
     "AWS_ERROR_S3_INTERNAL_ERROR": (500, "InternalError"),
 }
+#: The code given to an answer awscrt refuses to stream because it has no ETag.
+_MISSING_ETAG = "s3sync.MissingETag"
 #: How long a failed TLS handshake fails the requests that follow without trying (seconds).
 _TLS_FAILURE_MEMORY = 30.0
 _REGION_CODES = frozenset({"AuthorizationHeaderMalformed", "PermanentRedirect", "IllegalLocationConstraintException"})
@@ -81,11 +83,16 @@ class CrtRequests:
         max_connections: int,
         part_size: int,
         ca_file: str | None = None,
+        fallback: Requests | None = None,
     ) -> None:
         from awscrt.io import ClientBootstrap, ClientTlsContext, TlsContextOptions
         from awscrt.s3 import S3Client, S3RequestTlsMode, S3RetryConfig, S3RetryMode
 
         self.hooks: list[RequestHook] = []
+        #: Streams the GETs awscrt refuses to (answers without an ETag: the CRT needs one to keep
+        #: the parts of a download consistent); set once such an answer was seen.
+        self._fallback = fallback
+        self._no_etags = False
         self._bucket = bucket
         self._credentials = credentials
         self._retrier = retrier
@@ -132,11 +139,17 @@ class CrtRequests:
 
     def get(self, key: str, byte_range: str | None, sink: Sink, *, small: bool = False) -> Reply:
         headers = {"Range": byte_range} if byte_range else {}
+        if self._no_etags and self._fallback is not None:
+            return self._fallback.get(key, byte_range, sink, small=small)
         if small and not byte_range:
             return self._call("GET", self._path(key), {}, None, "GetObject", key, sink=sink, whole=True)
         try:
             return self._call("GET", self._path(key), headers, None, "GetObject", key, sink=sink)
         except RequestFailed as exc:
+            if exc.code == _MISSING_ETAG and self._fallback is not None:
+                # A gateway that sends no ETags (JuiceFS by default): botocore streams its answers.
+                self._no_etags = True
+                return self._fallback.get(key, byte_range, sink, small=small)
             if byte_range or exc.code != "InvalidRange":
                 raise
         # The CRT asks for a whole object by its first range, which an empty object does not have
@@ -322,6 +335,8 @@ def _no_answer(exc: Any, operation: str, started: bool) -> RequestFailed:
     """The failure for a CRT error that is not an S3ResponseError (connect, TLS, timeout, closed, 5xx...)."""
     name = str(getattr(exc, "name", "")).upper()
     text = f"{operation}: {getattr(exc, 'message', '') or name}"
+    if name == "AWS_ERROR_S3_MISSING_ETAG":
+        return RequestFailed("http", text, operation=operation, status=200, code=_MISSING_ETAG)
     if name in _SERVER_ERRORS:
         # The CRT keeps neither the headers nor the body of a 5xx/429 answer, only its class: the
         # retry policy sees botocore's codes for them (throttling, or a transient server error).

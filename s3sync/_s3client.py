@@ -178,6 +178,7 @@ def make_requests(settings: Settings, bucket: str, client: Callable[[], S3Client
         max_connections=max(10, settings.max_concurrency * 2),
         part_size=settings.multipart_chunksize,
         ca_file=_checked_ca_file(settings, session),
+        fallback=BotoRequests(client, bucket),
     )
 
 

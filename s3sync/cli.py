@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from s3sync import __version__
+from s3sync._version import __version__
 from s3sync.errors import ConfigurationError, InvalidNameError, S3SyncError
 from s3sync.lock import StateLock
 from s3sync.logs import configure_logging

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from s3sync import __version__, preflight
+from s3sync import preflight
+from s3sync._version import __version__
 from s3sync.errors import S3SyncError
 from s3sync.health import HealthSnapshot, assess
 from s3sync.localfs import sweep_temp_files

@@ -25,10 +25,10 @@ def test_bench_smoke_writes_every_table(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
     text = out.read_text()
-    for scenario in ("upload", "mirror", "noop", "large-up", "large-down"):
+    for scenario in ("upload", "mirror", "upload-layout", "mirror-layout", "noop", "large-up", "large-down"):
         assert f"## {scenario}:" in text, scenario
     s3sync_rows = [line for line in text.splitlines() if line.startswith("| s3sync | ")]
-    assert len(s3sync_rows) >= 5, s3sync_rows  # one per scenario table (and one in the summary)
+    assert len(s3sync_rows) >= 7, s3sync_rows  # one per scenario table (and one in the summary)
     assert "FAILED:" not in text
     # Each scenario had one untimed warm-up run (by the last tool of round 1), and it is not in the table.
     log = done.stdout + done.stderr
