@@ -1098,7 +1098,7 @@ def render(
     ]
     tables: list[str] = []
     fmt = {"files": f"{opts.files:,}", "noop": f"{opts.noop_files:,}", "large": str(opts.large_mib)}
-    for name in ("upload", "mirror", "noop", "large-up", "large-down"):
+    for name in ("upload", "mirror", "upload-layout", "mirror-layout", "noop", "large-up", "large-down"):
         if name not in results:
             continue
         tables += [f"## {_TITLES[name].format(**fmt)}", "", *(f"- {c}" for c in _COMMANDS[name]), ""]
@@ -1115,7 +1115,11 @@ def render(
         ]
     if len(results) > 1:
         tables += ["## Summary: median time as a ratio to the fastest peer", ""]
-        names = [n for n in ("upload", "mirror", "noop", "large-up", "large-down") if n in results]
+        names = [
+            n
+            for n in ("upload", "mirror", "upload-layout", "mirror-layout", "noop", "large-up", "large-down")
+            if n in results
+        ]
         tables += ["| tool | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         for tool in TOOLS:
             if tool not in tools:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import mimetypes
 import os
 import threading
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Final, Protocol, Self, TypeVar
 
 import structlog
 
-from s3sync._requests import RequestFailed, Requests
+from s3sync._requests import Reply, RequestFailed, Requests
 from s3sync._s3client import make_client, make_requests, static_keys, translate
 from s3sync.errors import ListingError, TransferError
 from s3sync.paths import key_to_relpath
@@ -289,8 +290,33 @@ class TransportCore:
             return False
         if remote.sha256:
             return remote.sha256 == sha256
-        # Some servers forget metadata (rclone after a restart): fall back to the upload's ETag.
-        return bool(etag) and remote.etag == etag
+        if etag and remote.etag:
+            # Some servers forget metadata (rclone after a restart): fall back to the upload's ETag.
+            return remote.etag == etag
+        # Neither metadata nor ETags (the JuiceFS gateway by default): only the bytes can tell.
+        return self._read_back_sha256(key) == sha256
+
+    def _read_back_sha256(self, key: str) -> str | None:
+        """The SHA-256 of the object as the server returns it now (None when it cannot be read)."""
+        sink = _HashingSink()
+        try:
+            self.requests.get(key, None, sink)
+        except (RequestFailed, OSError):
+            return None
+        return sink.digest.hexdigest()
+
+
+class _HashingSink:
+    """A GET's body hashed and dropped (a read-back that proves what the server holds)."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+
+    def start(self, reply: Reply) -> None:
+        self.digest = hashlib.sha256()  # again from nothing when an attempt is retried
+
+    def write(self, chunk: memoryview, offset: int) -> None:
+        self.digest.update(chunk)
 
 
 def _is_md5_etag(etag: str) -> bool:
