@@ -25,6 +25,9 @@ from tests.integration.daemon_helpers import (
     wait_for,
 )
 
+# The third server (SeaweedFS) runs where the bytes travel; see tests/conftest.py.
+pytestmark = pytest.mark.servers("moto", "rclone", "seaweedfs")
+
 FAST = {
     "settle_seconds": 1.0,
     "mirror_interval": 0,
