@@ -3,7 +3,10 @@
 SeaweedFS notes (4.48, `weed mini`): keys are filer paths (`a//b` is stored as `a/b`, a leading `/` is
 dropped, `.` and `..` segments are refused with InvalidRequest), a key and a folder of the same name
 coexist, listing ETags are quoted like HEAD, multipart ETags have the AWS `-N` form, user metadata is
-kept (also across a restart), ranges answer 206, a wrong Content-MD5 is BadDigest.
+kept (also across a restart), ranges answer 206, a wrong Content-MD5 is BadDigest. Right after a
+(re)start its S3 port answers before the master knows the volume server: a GET of an existing
+object is 500 InternalError ("volume 1 not found") for up to ~4 s on a loaded machine, so
+`SeaweedFSServer.wait_ready` also waits for the master's `/vol/status`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@
   S3 gateway in one process. Close to AWS (multipart ``-N`` ETags, metadata kept, 206 ranges, 412
   on a wrong ``If-Match``, SigV4 checked, Content-MD5 verified); keys are paths in a filer:
   ``a//b`` is stored as ``a/b``, a leading ``/`` is dropped, ``.``/``..`` segments are refused.
-  Data and metadata **survive a restart**.
+  Data and metadata **survive a restart**; readiness waits for the master to know the volumes (the
+  S3 port answers first, and a GET then fails with 500 for a few seconds).
 
 Each server is a subprocess whose output goes to ``<workdir>/server.log``; readiness is a bounded
 HTTP poll, never a bare sleep. Processes are stopped by :meth:`S3Server.close` (or the context
@@ -544,6 +545,57 @@ class SeaweedFSServer(S3Server):
             "-master.volumeSizeLimitMB=64",
             f"-s3.config={config}",
         ]
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """The S3 port answers, **and** the master knows the volume server and every volume on disk.
+
+        The S3 gateway answers before the volume server's first heartbeat reaches the master:
+        a PUT then finds no writable volume, and after a restart a GET of an existing object is
+        ``500 InternalError`` ("volume 1 not found") for up to 4 s on a loaded machine.
+        """
+        limit = self.startup_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        super().wait_ready(limit)
+        on_disk = self._volumes_on_disk()
+        delay = 0.02
+        while True:
+            known = self._volumes_known()
+            if known is not None and on_disk <= known:
+                return
+            if not self.running:
+                raise ServerError(f"{self.kind} exited at start-up:\n{self.log_tail()}")
+            if time.monotonic() >= deadline:
+                raise ServerError(
+                    f"{self.kind}: the master knows volumes {sorted(known or ())} of {sorted(on_disk)} on disk "
+                    f"after {limit} s:\n{self.log_tail()}"
+                )
+            time.sleep(delay)  # poll interval of a bounded loop
+            delay = min(delay * 2, 0.2)
+
+    def _volumes_on_disk(self) -> set[int]:
+        """Volume ids of the ``<collection>_<id>.dat`` / ``<id>.dat`` files under the data folder."""
+        ids = set()
+        for dat in self.data_dir.rglob("*.dat"):
+            tail = dat.stem.rsplit("_", 1)[-1]
+            if tail.isdigit():
+                ids.add(int(tail))
+        return ids
+
+    def _volumes_known(self) -> set[int] | None:
+        """Volume ids the master has heard of; None until a volume server has registered."""
+        conn = http.client.HTTPConnection(HOST, self.ports["master.port"], timeout=1.0)
+        try:
+            conn.request("GET", "/vol/status")
+            status = json.loads(conn.getresponse().read())
+        except (OSError, http.client.HTTPException, ValueError):
+            return None
+        finally:
+            conn.close()
+        racks = [rack for dc in status.get("Volumes", {}).get("DataCenters", {}).values() for rack in dc.values()]
+        nodes = [volumes for rack in racks for volumes in rack.values()]
+        if not nodes:
+            return None
+        return {int(v["Id"]) for volumes in nodes for v in volumes or ()}
 
     def close(self) -> None:
         super().close()
