@@ -7,9 +7,10 @@ runs the real command line, as a user would, in a fresh bucket:
   12 MiB, multipart at 5 MiB) and mirrors an object another client put; the bytes are compared
   both ways. A second ``sync`` must do nothing; an object replaced by another client with other
   bytes of the same size (no ETag to go by on some gateways) must reach the mirror.
-* ``run``: the daemon (``s3sync run``, ``S3_MIRROR_DELETE=true``) gets a file dropped into the
-  upload folder into the bucket, an object another client put into the mirror, and removes the
-  mirror's copy of an object another client deleted.
+* ``run``: the daemon (``s3sync run``, ``S3_MIRROR_DELETE=true``, ``S3_AFTER_UPLOAD=move``) gets
+  a file dropped into the upload folder into the bucket and then moves it to the done folder
+  (after a HEAD confirmed the object), an object another client put into the mirror, and
+  removes the mirror's copy of an object another client deleted.
 
 Servers: moto_server, rclone serve s3, SeaweedFS (the three of the test suite), the JuiceFS S3
 gateway with its default flags (no ETags, no user metadata) and with ``--keep-etag
@@ -62,6 +63,7 @@ CHECKS = (
     ("sync_noop", "2nd sync no-op"),
     ("sync_changed", "sync ↓ same-size change"),
     ("run_up", "run ↑ dropped file"),
+    ("run_moved", "run ↑ then moved to done"),
     ("run_down", "run ↓ foreign put"),
     ("run_delete", "run ↓ foreign delete"),
 )
@@ -399,7 +401,8 @@ class RoundTrip:
         self.bucket = server.create_bucket(f"compat-{uuid.uuid4().hex[:10]}")
         self.upload = work / "upload"
         self.mirror = work / "mirror"
-        for folder in (self.upload, self.mirror):
+        self.done = work / "done"
+        for folder in (self.upload, self.mirror, self.done):
             folder.mkdir(parents=True)
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -492,7 +495,11 @@ class RoundTrip:
 
         first = self.check("sync_up", lambda: (sync_once(), self._expect_uploaded(small)))
         self.check("sync_multipart", lambda: self._expect_uploaded({big_name: big}) if first else _fail("no sync"))
-        self.check("sync_down", lambda: self._expect_mirrored({foreign_key: foreign}) if first else _fail("no sync"))
+        big_key = "BACKGROUND/B0002/" + big_name
+        self.check(
+            "sync_down",  # the foreign object, and the 12 MiB multipart object read back in ranges
+            lambda: self._expect_mirrored({foreign_key: foreign, big_key: big}) if first else _fail("no sync"),
+        )
 
         def noop() -> None:
             line = self.sync()
@@ -533,7 +540,7 @@ class RoundTrip:
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "s3sync", "run"],
-                env=self.env(),
+                env=self.env(S3_AFTER_UPLOAD="move", S3_DONE_DIR=str(self.done)),
                 cwd=self.work,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -550,6 +557,15 @@ class RoundTrip:
                 wait_for("dropped file in the bucket", lambda: self.get(key) == body)
 
             self.check("run_up", dropped)
+
+            def moved() -> None:
+                # S3_AFTER_UPLOAD=move acts only once a HEAD confirmed the object (size + SHA-256
+                # metadata, else the upload's ETag).
+                wait_for("file moved to the done folder", lambda: (self.done / name).is_file(), timeout=20)
+                if (self.done / name).read_bytes() != body or (self.upload / name).exists():
+                    raise Check("the done folder holds other bytes, or the file is still in the upload folder")
+
+            self.check("run_moved", moved)
             foreign_key, foreign = "BACKGROUND/B0300/B0300_SKY_1x1.jpg", os.urandom(40_000)
 
             def foreign_put() -> None:
@@ -566,7 +582,7 @@ class RoundTrip:
 
             self.check("run_delete", foreign_delete)
             if proc.poll() is not None:
-                for name_ in ("run_up", "run_down", "run_delete"):
+                for name_ in ("run_up", "run_moved", "run_down", "run_delete"):
                     if self.outcome.results.get(name_) is True:
                         continue
                     self.outcome.results[name_] = f"daemon exited {proc.returncode}"
