@@ -62,6 +62,7 @@ CHECKS = (
     ("sync_down", "sync ↓"),
     ("sync_noop", "2nd sync no-op"),
     ("sync_changed", "sync ↓ same-size change"),
+    ("rebuild", "state rebuild, then no re-upload"),
     ("run_up", "run ↑ dropped file"),
     ("run_moved", "run ↑ then moved to done"),
     ("run_down", "run ↓ foreign put"),
@@ -461,8 +462,12 @@ class RoundTrip:
         self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
 
     def sync(self) -> str:
+        return self.cli("sync")
+
+    def cli(self, *args: str) -> str:
+        """Run ``s3sync ARGS``; its last line of stderr (the summary); :class:`Check` on failure."""
         out = subprocess.run(
-            [sys.executable, "-m", "s3sync", "sync"],
+            [sys.executable, "-m", "s3sync", *args],
             env=self.env(),
             cwd=self.work,
             capture_output=True,
@@ -472,7 +477,7 @@ class RoundTrip:
         )
         summary = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""
         if out.returncode != 0:
-            raise Check(f"s3sync sync exited {out.returncode}: {summary}")
+            raise Check(f"s3sync {' '.join(args)} exited {out.returncode}: {summary}")
         return summary
 
     def mirrored(self, key: str) -> bytes | None:
@@ -516,6 +521,19 @@ class RoundTrip:
             self._expect_mirrored({foreign_key: new})
 
         self.check("sync_changed", changed)
+
+        def rebuilt() -> None:
+            # A lost state: `state rebuild` must recognise the uploaded files (SHA-256 metadata via a
+            # HEAD, or a plain-MD5 ETag), so the next sync sends nothing again.
+            state = self.work / "state" / "state.db"
+            for extra in ("", "-wal", "-shm"):
+                Path(f"{state}{extra}").unlink(missing_ok=True)
+            self.cli("state", "rebuild")
+            line = self.sync()
+            if not re.search(r"uploaded 0 \(", line):
+                raise Check(f"after a rebuild: {line.split(';')[0]}")
+
+        self.check("rebuild", rebuilt)
         self._daemon()
 
     def _expect_uploaded(self, files: dict[str, bytes]) -> None:
