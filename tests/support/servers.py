@@ -476,8 +476,8 @@ class SeaweedFSServer(S3Server):
     * ``-master.telemetry=false``: never calls home.
     * ``TMPDIR=<workdir>``: its glog files (``weed.INFO``...) land in the work folder, not /tmp.
 
-    The gRPC unix sockets ``/tmp/seaweedfs-*-<port>.sock`` ignore ``TMPDIR``: :meth:`close`
-    removes the ones of this server's ports. SIGTERM takes about 2 s (each component flushes).
+    The unix sockets ``/tmp/seaweedfs-*-<port>.sock`` ignore ``TMPDIR``: :meth:`stop` removes
+    the ones of this server's ports. SIGTERM takes about 2 s (each component flushes).
     """
 
     kind: ClassVar[str] = "seaweedfs"
@@ -597,14 +597,13 @@ class SeaweedFSServer(S3Server):
             return None
         return {int(v["Id"]) for volumes in nodes for v in volumes or ()}
 
-    def close(self) -> None:
-        super().close()
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the process, then remove the unix sockets it leaves in /tmp (even after a clean exit)."""
+        super().stop(kill=kill)
         ports = {str(self.port), *(str(port) for port in self.ports.values())}
         for sock in Path("/tmp").glob("seaweedfs-*.sock"):  # weed's fixed folder, whatever TMPDIR says
             if sock.stem.rsplit("-", 1)[-1] in ports:
                 sock.unlink(missing_ok=True)
-
-    cleanup = close
 
     def version(self) -> str:
         """``weed version``'s number, e.g. ``4.48``."""
