@@ -145,7 +145,7 @@ def _rebuild(settings: Settings, transport: Transport, clock: Callable[[], float
     finally:
         state.close()
 
-    moved = _move_aside(path, "corrupt" if was_corrupt else "old", clock()) if path.exists() else None
+    moved = None if _no_state(path) else _move_aside(path, "corrupt" if was_corrupt else "old", clock())
     for suffix in _SIDE_FILES:  # normally none after a clean close; if any, they belong with it
         side = fresh.with_name(fresh.name + suffix)
         if side.exists():
@@ -171,13 +171,21 @@ def _rebuild(settings: Settings, transport: Transport, clock: Callable[[], float
     return report
 
 
+def _no_state(path: Path) -> bool:
+    """No state to read or keep: no file, or the empty one the lock creates to hold the database's inode."""
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:
+        return True
+
+
 def _inspect(path: Path, settings: Settings) -> tuple[bool, list[tuple[str, str]], list[UploadRecord]]:
     """``(corrupt, open multipart uploads, key ownership records)`` of the current state file.
 
     A sound one keeps its multipart notes and, for the same endpoint and bucket, which paths own
     which keys and which files were held back as conflicts.
     """
-    if not path.exists():
+    if _no_state(path):
         return False, [], []
     try:
         old = State(path, read_only=True)

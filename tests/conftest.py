@@ -1,8 +1,13 @@
-"""Fixtures: real S3 servers on loopback (moto_server and rclone serve s3), fresh buckets, settings.
+"""Fixtures: real S3 servers on loopback (moto_server, rclone serve s3, SeaweedFS), fresh buckets, settings.
 
 Each kind of server is started at most once per test session (lazily, by the first test that
 needs it), shared by every fixture that asks for it, and stopped when the session ends. A test
 that stops or restarts a server gets it running again for the next test, on the same port.
+
+A test that uses ``s3_server`` runs once per kind in :data:`SERVER_KINDS` (moto, rclone). A module
+that marks itself ``pytestmark = pytest.mark.servers("moto", "rclone", "seaweedfs")`` runs on those
+kinds instead: the third server costs CI time, so it goes where the transfers are (transport,
+mirror, daemon, faults). A test's own ``parametrize("s3_server", [...], indirect=True)`` wins.
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ import pytest
 from s3sync.logs import configure_logging
 from s3sync.settings import Settings
 from tests.support.faultproxy import FaultProxy
-from tests.support.servers import MotoServer, RcloneServer, S3Server
+from tests.support.servers import MotoServer, RcloneServer, S3Server, SeaweedFSServer
 
+#: The servers every ``s3_server`` test runs on.
 SERVER_KINDS = ("moto", "rclone")
+#: Every kind a module may ask for with ``pytest.mark.servers(...)``.
+SERVER_CLASSES: dict[str, type[S3Server]] = {"moto": MotoServer, "rclone": RcloneServer, "seaweedfs": SeaweedFSServer}
 
 # Module-level, not fixture-level: pytest tears down a parametrized session fixture's instance
 # when it moves to the next parameter; the cache keeps both servers alive for the whole session.
@@ -35,7 +43,7 @@ def _server(kind: str) -> S3Server:
     """The session's server of ``kind``: started on first use, restarted if a test left it stopped."""
     server = _SERVERS.get(kind)
     if server is None:
-        server = MotoServer() if kind == "moto" else RcloneServer()
+        server = SERVER_CLASSES[kind]()
         _SERVERS[kind] = server
     if not server.running:
         server.start()
@@ -91,9 +99,31 @@ def _daemon_logging() -> None:
     configure_logging(fmt="json", level="info", stream=_CurrentStderr())  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="session", params=SERVER_KINDS, ids=SERVER_KINDS)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "servers(*kinds): run this module's s3_server tests on these kinds (moto, rclone, seaweedfs)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``s3_server`` over the module's ``servers`` mark, else :data:`SERVER_KINDS`."""
+    if "s3_server" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        if "s3_server" in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
+            return  # the test chose its servers itself
+    mark = metafunc.definition.get_closest_marker("servers")
+    kinds = tuple(mark.args) if mark is not None else SERVER_KINDS
+    unknown = set(kinds) - set(SERVER_CLASSES)
+    if unknown:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: unknown server kinds {sorted(unknown)}")
+    metafunc.parametrize("s3_server", kinds, ids=kinds, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
 def s3_server(request: pytest.FixtureRequest, _server_pool: dict[str, S3Server]) -> S3Server:
-    """Each real server in turn: moto_server, then rclone serve s3 (each started once per session)."""
+    """Each real server in turn (see :func:`pytest_generate_tests`), each started once per session."""
     return _server(str(request.param))
 
 

@@ -21,6 +21,9 @@ from s3sync.transport import make_client
 from tests.integration.daemon_helpers import captured_events, drop, events_named, running, wait_for
 from tests.support.faultproxy import Fault, FaultProxy
 
+# The third server (SeaweedFS) runs where the bytes travel; see tests/conftest.py.
+pytestmark = pytest.mark.servers("moto", "rclone", "seaweedfs")
+
 MIB = 1024 * 1024
 
 

@@ -25,6 +25,9 @@ from s3sync.settings import Settings
 from s3sync.transport import make_client
 from tests.support.faultproxy import Fault
 
+# The third server (SeaweedFS) runs where the bytes travel; see tests/conftest.py.
+pytestmark = pytest.mark.servers("moto", "rclone", "seaweedfs")
+
 FAST = {"mirror_interval": 0, "retry_base": 0.1, "retry_cap": 0.5, "shutdown_timeout": 5}
 
 

@@ -5,7 +5,6 @@ Each test asserts what is on disk (bytes) and in the bucket, not only the events
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import threading
@@ -21,6 +20,9 @@ from tests.integration.daemon_helpers import captured_events, counted_transport,
 from tests.integration.test_cli import env_for, s3sync
 from tests.support.faultproxy import Fault, FaultProxy
 
+# The third server (SeaweedFS) runs where the bytes travel; see tests/conftest.py.
+pytestmark = pytest.mark.servers("moto", "rclone", "seaweedfs")
+
 FAST = {"mirror_interval": 0, "retry_base": 0.1, "retry_cap": 0.5, "shutdown_timeout": 5}
 
 
@@ -31,20 +33,6 @@ def proxy(s3_server) -> Iterator[FaultProxy]:
     yield p
     p.stop()
     assert p.errors == [], p.errors
-
-
-def moto_settings(make_settings, server, **extra: object) -> Settings:
-    """Settings for moto_server (keys rclone cannot hold), with the test's bucket created there."""
-    settings = make_settings(
-        **FAST,
-        endpoint_url=server.endpoint,
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key,
-        **extra,
-    )
-    with contextlib.suppress(Exception):  # already there when the test runs on moto
-        make_client(settings).create_bucket(Bucket=settings.require_bucket())
-    return settings
 
 
 def put(settings: Settings, key: str, body: bytes) -> None:
@@ -67,11 +55,11 @@ def mirror_pass(settings: Settings, service: Service | None = None):
 # --- item 1: a key that cannot be placed is never "gone" --------------------------------------
 
 
-def test_stray_object_named_like_a_folder_deletes_nothing(make_settings, s3_server, moto_only_server):
+def test_stray_object_named_like_a_folder_deletes_nothing(make_settings, s3_server):
     """A key 'BACKGROUND' beside 20 objects under 'BACKGROUND/' is one conflict; with deletes on, nothing goes."""
-    if s3_server is not moto_only_server:
-        pytest.skip("rclone serve s3 cannot hold a key and a folder of the same name: moto only")
-    settings = moto_settings(make_settings, moto_only_server, mirror_delete=True)
+    if not s3_server.key_beside_folder:
+        pytest.skip(f"{s3_server.kind} cannot hold a key and a folder of the same name")
+    settings = make_settings(**FAST, mirror_delete=True)
     keys = [f"BACKGROUND/B{i:03d}/B{i:03d}_D.jpg" for i in range(20)]
     for k in keys:
         put(settings, k, k.encode())

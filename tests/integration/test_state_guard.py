@@ -243,3 +243,23 @@ def test_rebuild_of_a_sound_state_keeps_the_old_file_and_takes_the_lock(make_set
     again = s3sync("sync", "--upload-only", env=env, cwd=tmp_path)
     assert again.returncode == 0
     assert _human(again.stderr)[-1].startswith("uploaded 0 ")
+
+
+@pytest.mark.parametrize("s3_server", ["rclone"], indirect=True)  # the state's fault, not the server's
+def test_rebuild_of_a_lost_state_recovers(make_settings, tmp_path):
+    """A deleted state database: `state rebuild` recreates it from the bucket; nothing is sent again."""
+    settings = make_settings(mirror_interval=0)
+    _drop_files(settings)
+    env = env_for(settings)
+    assert s3sync("sync", "--upload-only", env=env, cwd=tmp_path).returncode == 0
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{settings.state_path}{suffix}").unlink(missing_ok=True)  # the lock file stays, as it would
+    r = s3sync("state", "rebuild", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    summary = _human(r.stderr)[-1]
+    assert "already in the bucket 3; to upload 0" in summary
+    assert "moved to" not in summary  # no previous state: nothing to keep aside
+    assert not list(settings.state_path.parent.glob("state.db.old-*"))
+    again = s3sync("sync", "--upload-only", env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert _human(again.stderr)[-1].startswith("uploaded 0 ")

