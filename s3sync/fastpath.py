@@ -199,14 +199,26 @@ class FastPath:
         return resp.as_get()
 
     def put_object(
-        self, key: str, body: bytes, *, sha256_hex: str, content_md5: str, content_type: str, metadata: dict[str, str]
+        self,
+        key: str,
+        body: bytes,
+        *,
+        sha256_hex: str,
+        content_md5: str,
+        content_type: str,
+        metadata: dict[str, str],
+        extra_headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """PUT ``body`` at ``key`` (Content-MD5 checked by the server, payload hash signed)."""
+        """PUT ``body`` at ``key`` (Content-MD5 checked by the server, payload hash signed).
+
+        ``extra_headers``: the object's ACL and Cache-Control (:func:`s3sync.publish.object_headers`).
+        """
         headers = {
             "content-md5": content_md5,
             "content-type": content_type,
             "content-length": str(len(body)),
             **{_META + k: v for k, v in metadata.items()},
+            **{k.lower(): v for k, v in (extra_headers or {}).items()},
         }
         resp = self._send("PUT", key, body, headers, sha256_hex, stream=False, operation="PutObject")
         return {"ETag": resp.headers.get("etag", "")}

@@ -18,6 +18,7 @@ botocore exceptions are translated into :mod:`s3sync.errors` here and nowhere el
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import functools
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 import botocore.exceptions
 import structlog
 
+from s3sync import publish
 from s3sync.errors import (
     ConfigurationError,
     DownloadError,
@@ -164,6 +166,9 @@ def _client_config(settings: Settings) -> Config:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+        # SigV4 for presigned URLs too (botocore's default presigns SigV2 URLs, which newer
+        # regions and servers refuse); requests are SigV4 already.
+        signature_version="s3v4",
         user_agent_extra="s3sync",
         # Every request's parameters are built here, not by users: validating them again costs
         # CPU on each of thousands of small requests (the transfer path is CPU-bound).
@@ -321,6 +326,8 @@ def translate(
                 key=key,
                 code=code,
             )
+        if code == "AccessControlListNotSupported":  # S3_DEFAULT_ACL on a bucket with ACLs disabled
+            return publish.acl_not_supported(bucket, key)
         if code in {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"}:
             return IntegrityError(f"{action} {where}: the server saw corrupted bytes ({code})", bucket=bucket, key=key)
         return kind(f"{action} {where}: {code or 'error'} (HTTP {status})", bucket=bucket, key=key, code=code)
@@ -382,6 +389,8 @@ class Transport:
         self._active_uploads: set[str] = set()
         self._lock = threading.Lock()
         self._buffers = threading.local()
+        #: ACL and Cache-Control of every object this transport writes (s3sync.publish).
+        self._object_headers = publish.object_headers(self.settings)
 
     def _fast_path(self, keys: StaticKeys | None) -> FastPath | None:
         """The fast path on a custom endpoint; None on AWS itself or with no credentials at all."""
@@ -450,6 +459,20 @@ class Transport:
     def local_path(self, key: str) -> Path:
         """Where the mirror keeps ``key`` (raises :class:`UnsafeKeyError` for unsafe keys)."""
         return self.settings.local_path.joinpath(*key_to_relpath(key))
+
+    # --- publishing (s3sync.publish) --------------------------------------------------------
+    def presigned_url(self, item: Resource | str, *, expires: int = 3600) -> str:
+        """A GET URL of a resource (by :class:`Resource` or name) for a private bucket, valid ``expires`` s."""
+        key = item.key if isinstance(item, Resource) else self.resource(item).key
+        return publish.presigned_url(self.client, self.bucket, key, expires=expires)
+
+    async def aupload(self, item: Resource | str | os.PathLike[str]) -> UploadResult:
+        """:meth:`upload` for async views: runs in a worker thread, the event loop goes on."""
+        return await asyncio.to_thread(self.upload, item)
+
+    async def adownload(self, item: Resource | str) -> Path:
+        """:meth:`download` for async views: runs in a worker thread, the event loop goes on."""
+        return await asyncio.to_thread(self.download, item)
 
     # --- remote metadata -----------------------------------------------------------------
     def head(self, key: str) -> RemoteObject | None:
@@ -621,6 +644,7 @@ class Transport:
                     content_md5=_b64(md5.digest()),
                     content_type=content_type_for(res.name),
                     metadata={META_SHA256: sha},
+                    extra_headers=self._object_headers,
                 )
             else:
                 resp = self.client.put_object(
@@ -630,6 +654,7 @@ class Transport:
                     ContentMD5=_b64(md5.digest()),
                     ContentType=content_type_for(res.name),
                     Metadata={META_SHA256: sha},
+                    **publish.boto3_object_params(self._object_headers),  # type: ignore[arg-type]
                 )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
             raise translate(exc, action="PUT", bucket=self.bucket, key=res.key, kind=UploadError) from exc
@@ -676,6 +701,7 @@ class Transport:
                 Key=res.key,
                 ContentType=content_type_for(res.name),
                 Metadata={META_SHA256: sha.sha256},
+                **publish.boto3_object_params(self._object_headers),  # type: ignore[arg-type]
             )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
             if isinstance(exc, botocore.exceptions.ClientError):
