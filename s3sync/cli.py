@@ -168,13 +168,62 @@ def check(
         else:
             for r in results:
                 if r["valid"]:
+                    # Values fold onto more lines, never end in "…": the whole URL is what people copy.
                     table = Table(title=r["name"], show_header=False, title_justify="left")
+                    table.add_column(no_wrap=True)
+                    table.add_column(overflow="fold")
                     for field in ("code", "serial", "folder", "rest", "size", "extension", "category", "key", "url"):
-                        table.add_row(field, str(r[field]))
+                        value = r[field]
+                        if field == "url" and value is None:
+                            value = "(none: set S3_BUCKET_NAME, or S3_PUBLIC_BASE_URL for a CDN)"
+                        table.add_row(field, str(value))
                     out.print(table)
                 else:
                     out.print(f"[red]invalid[/red] {r['name']!r}: {r['reason']}", highlight=False)
         if not all(r["valid"] for r in results):
+            raise typer.Exit(1)
+
+
+@app.command("publish-check")
+def publish_check(
+    names: Annotated[list[str], typer.Argument(help="Resource names whose public URL to fetch.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Fetch each resource's public URL anonymously and say whether the world can read it (exit 1 if not)."""
+    import ssl
+
+    from s3sync.publish import check_public
+    from s3sync.resource import Resource
+
+    with _errors():
+        settings = _settings()
+        context = ssl.create_default_context(cafile=str(settings.ca_bundle)) if settings.ca_bundle else None
+        results: list[dict[str, Any]] = []
+        for name in names:
+            try:
+                url = Resource(name, settings=settings).url
+            except InvalidNameError as exc:
+                results.append({"name": name, "public": False, "url": None, "status": None, "verdict": exc.reason})
+                continue
+            verdict = check_public(url, timeout=settings.read_timeout, context=context)
+            results.append(
+                {
+                    "name": name,
+                    "public": verdict.public,
+                    "url": url,
+                    "status": verdict.status,
+                    "verdict": verdict.explain(),
+                    "cache_control": verdict.cache_control,
+                }
+            )
+        if as_json:
+            out.print(json.dumps(results, indent=2), markup=False, highlight=False)
+        else:
+            for r in results:
+                out.print(f"{r['name']}: {r['verdict']}", markup=False, highlight=False)
+                if r["url"]:
+                    out.print(f"  {r['url']}", markup=False, highlight=False, crop=False)  # never cut
+        if not all(r["public"] for r in results):
             raise typer.Exit(1)
 
 
