@@ -70,13 +70,20 @@ class S3SyncError(Exception):
 
 
 class ConfigurationError(S3SyncError):
-    """A setting is missing or invalid; the message names the setting."""
+    """A setting is missing or invalid; the message names the setting.
+
+    When several settings are invalid at once, ``problems`` holds one ``(setting, message)`` per
+    setting (``manage.py check`` reports each) and the message joins them with ``; ``.
+    """
 
     exit_code = 2
 
-    def __init__(self, message: str, *, setting: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, setting: str | None = None, problems: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         super().__init__(message, setting=setting)
         self.setting = setting
+        self.problems = problems or ((setting or "settings", message),)
 
 
 class InvalidNameError(S3SyncError, ValueError):

@@ -23,7 +23,6 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ import structlog
 
 from s3sync.errors import LocalChangedError, LocalFileError, NotFoundError, S3SyncError, UnsafeKeyError
 from s3sync.localfs import ABSENT, CommitGroup, Expected, hash_file, lstat_under, open_dir_under, remove_under
+from s3sync.outcomes import ResultSink
 from s3sync.paths import PathClaims, key_to_relpath
 from s3sync.plan import (
     LocalContent,
@@ -100,7 +100,7 @@ class Mirror:
         state: State,
         *,
         dry_run: bool = False,
-        on_result: Callable[[str, int, float], None] | None = None,
+        on_result: ResultSink | None = None,
     ) -> None:
         self.settings = settings
         self.transport = transport
@@ -431,7 +431,7 @@ class Mirror:
                 report.downloaded += 1
                 report.bytes += nbytes
             if self._on_result is not None:
-                self._on_result("downloaded", nbytes, seconds)
+                self._on_result("downloaded", nbytes, seconds, key=obj.key, path=path)
             log.info("mirror.downloaded", key=obj.key, bytes=nbytes, duration_ms=int(seconds * 1000))
 
         try:
@@ -460,7 +460,7 @@ class Mirror:
             with self._lock:
                 report.skipped += 1
             if self._on_result is not None:
-                self._on_result("skipped", 0, result.duration_ms / 1000)
+                self._on_result("skipped", 0, result.duration_ms / 1000, key=obj.key, path=result.path)
             return
         with box.lock:
             box.sha256 = result.sha256
@@ -515,7 +515,7 @@ class Mirror:
             report.failed += 1
             report.errors.append(error)
         if self._on_result is not None:
-            self._on_result("failed", 0, 0.0)
+            self._on_result("failed", 0, 0.0, key=key, reason=error)
         log.error("mirror.failed", key=key, error=error)
 
     def _refuse(self, reason: str, **fields: object) -> None:
@@ -555,7 +555,7 @@ class Mirror:
                     report.deleted += 1
                     log.info("mirror.deleted", key=rec.key)
                     if self._on_result is not None:
-                        self._on_result("deleted", 0, 0.0)
+                        self._on_result("deleted", 0, 0.0, key=rec.key)
             except S3SyncError as exc:
                 self._report_once(rec.key, "mirror.delete_skipped", reason=str(exc))
                 continue

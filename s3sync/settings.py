@@ -485,8 +485,16 @@ def _overlap(a: Path, b: Path) -> bool:
     return _inside(a, b) or _inside(b, a)
 
 
-def _describe(exc: ValidationError) -> tuple[str, str]:
-    err = exc.errors(include_url=False, include_input=False)[0]
+def _describe_all(exc: ValidationError) -> tuple[tuple[str, str], ...]:
+    """One ``(setting, message)`` per invalid setting (the first problem of each), in field order."""
+    found: dict[str, str] = {}
+    for err in exc.errors(include_url=False, include_input=False):
+        setting, message = _describe_one(err)
+        found.setdefault(setting, message)
+    return tuple(found.items())
+
+
+def _describe_one(err: Any) -> tuple[str, str]:
     loc = [str(p) for p in err.get("loc", ()) if isinstance(p, str)]
     setting = ENV_PREFIX + loc[0].upper() if loc else "settings"
     msg = str(err.get("msg", "invalid value"))
@@ -556,8 +564,10 @@ def load_settings(
             return Settings.model_construct(_fields_set=built.model_fields_set, **dict(built))
         return Settings(_env_file=env_path, _secrets_dir=secrets_dir, **overrides)
     except ValidationError as exc:
-        setting, message = _describe(exc)
-        raise ConfigurationError(message, setting=setting) from None
+        problems = _describe_all(exc)
+        setting = problems[0][0]
+        message = "; ".join(m for _, m in problems)
+        raise ConfigurationError(message, setting=setting, problems=problems) from None
     except SettingsError as exc:
         # pydantic-settings could not decode a complex value (a JSON map) from the environment.
         match = re.search(r'field "(\w+)"', str(exc))

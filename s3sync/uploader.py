@@ -43,6 +43,7 @@ from s3sync.errors import (
 )
 from s3sync.localfs import FileHashes, lstat_under, move_no_replace, open_dir_under, rename_no_replace
 from s3sync.openfiles import OpenWriters
+from s3sync.outcomes import ResultSink
 from s3sync.plan import LocalStat, UploadAction, backoff_delay, is_ignored_name, plan_upload
 from s3sync.schedule import Entry, Hint, Probe, UploadSchedule
 from s3sync.settings import Settings
@@ -105,7 +106,7 @@ class Uploader:
         one_shot: bool = False,
         dry_run: bool = False,
         close_events: bool = False,
-        on_result: Callable[[str, int, float], None] | None = None,
+        on_result: ResultSink | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
@@ -496,7 +497,7 @@ class Uploader:
         if self.one_shot:
             delay = min(delay, 2.0)
         if self._on_result is not None:
-            self._on_result("failed", 0, 0.0)
+            self._on_result("failed", 0, 0.0, path=item.path, reason=error)
         if final:
             self.stats.failed_final += 1
             log.error("upload.failed", path=item.rel, error=error, attempt=item.attempt, retry_in=None, final=True)
@@ -652,7 +653,7 @@ class Uploader:
             reason=f"{item.rel} and {other} map to the same key with different content; {item.rel} kept, not uploaded",
         )
         if self._on_result is not None:
-            self._on_result("conflict", 0, 0.0)
+            self._on_result("conflict", 0, 0.0, key=key, path=item.path, reason=f"same key as {other}")
 
     def _record_stat(self, rel: str, local: LocalStat, sha256: str, key: str, etag: str) -> None:
         self.state.record_uploaded(
@@ -666,7 +667,7 @@ class Uploader:
             self.stats.skipped += 1
             log.info("upload.skipped", path=rel, key=result.key, reason="same content already in the bucket")
             if self._on_result is not None:
-                self._on_result("skipped", 0, 0.0)
+                self._on_result("skipped", 0, 0.0, key=result.key, path=result.path)
         else:
             self.stats.uploaded += 1
             self.stats.bytes += result.bytes
@@ -679,14 +680,16 @@ class Uploader:
                 multipart=result.multipart,
             )
             if self._on_result is not None:
-                self._on_result("succeeded", result.bytes, result.duration_ms / 1000)
+                self._on_result(
+                    "succeeded", result.bytes, result.duration_ms / 1000, key=result.key, path=result.path
+                )
 
     def _reject(self, path: Path, rel: str, local: LocalStat, rec: UploadRecord | None, reason: str) -> None:
         if self._plan(local, rec) is UploadAction.IGNORE_REJECTED:
             return  # rejected before, unchanged, under the same rules: said once is enough
         self.stats.rejected += 1
         if self._on_result is not None:
-            self._on_result("rejected", 0, 0.0)
+            self._on_result("rejected", 0, 0.0, path=path, reason=reason)
         if self.dry_run:
             log.info("upload.would_reject", path=rel, reason=reason)
             return
