@@ -588,7 +588,8 @@ def sync(
         if summary.mirror is not None:
             m = summary.mirror
             line.append(
-                f"mirror: listed {m.listed}, {'would download' if dry_run else 'downloaded'} {m.downloaded}, "
+                f"mirror: listed {m.listed}, {'would download' if dry_run else 'downloaded'} {m.downloaded} "
+                f"({m.bytes} bytes), "
                 f"deleted {m.deleted}, failed {m.failed}, unsafe keys {m.unsafe}, key conflicts {m.conflicts}"
             )
             if m.listing_error is not None:  # exit 1 with every count at 0 needs its reason on the line

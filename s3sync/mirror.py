@@ -236,12 +236,47 @@ class Mirror:
             return None
         if action in {MirrorAction.DOWNLOAD, MirrorAction.CHECK}:
             if self.dry_run:
-                log.info("mirror.would_download", key=obj.key, bytes=obj.size, local=decision.reason or None)
-                report.downloaded += 1
+                self._would(obj, action, record, report, decision.reason)
                 return None
             return action
         report.skipped += 1
         return None
+
+    def _would(
+        self, obj: RemoteObject, action: MirrorAction, record: MirrorRecord | None, report: MirrorReport, why: str
+    ) -> None:
+        """Dry run: count what the real pass would do, reading (never writing) what it would read.
+
+        A local file of unknown owner (CHECK) is hashed and judged as the real pass judges it: the
+        same bytes are adopted or skipped there, not downloaded, so they are not counted as a download.
+        """
+        if action is MirrorAction.CHECK:
+            try:
+                segments = key_to_relpath(obj.key)
+                hashes = hash_file(os.path.join(self._root_str, *segments), md5=True)  # noqa: PTH118 - as in _check
+                remote_sha = None
+                if hashes.size == obj.size and not is_md5_etag(obj.etag):
+                    head = self.transport.head(obj.key)
+                    remote_sha = head.sha256 if head is not None else None
+                content = LocalContent(hashes.size, hashes.sha256, hashes.md5)
+                policy = self.settings.mirror_on_local_change
+                decision = plan_checked(content, _version(obj), remote_sha, _written(record), policy)
+            except (S3SyncError, OSError) as exc:
+                log.info("mirror.would_check", key=obj.key, error=_describe(exc))
+            else:
+                if decision.action is MirrorAction.SKIP:
+                    report.skipped += 1
+                    return
+                if decision.action is MirrorAction.ADOPT:
+                    report.adopted += 1
+                    return
+                if decision.action is MirrorAction.KEEP_LOCAL:
+                    report.local_changed += 1
+                    return
+                why = decision.reason or why
+        log.info("mirror.would_download", key=obj.key, bytes=obj.size, local=why or None)
+        report.downloaded += 1
+        report.bytes += obj.size
 
     def _report_once(self, key: str, event: str, **fields: object) -> None:
         with self._lock:

@@ -545,8 +545,7 @@ class Uploader:
             if self._conflicts(item, res.key, local):
                 return
             if self.dry_run:
-                log.info("upload.would_upload", path=rel, key=res.key, bytes=local.size)
-                self.stats.uploaded += 1
+                self._would_upload(item, rel, res.key, local)
                 return
             log.info("upload.started", path=rel, key=res.key, bytes=local.size, attempt=item.attempt + 1)
             remote = item.remote if isinstance(item.remote, RemoteObject) or item.remote is None else UNKNOWN
@@ -557,6 +556,22 @@ class Uploader:
                 self._keys.pop(res.key, None)
         source = result.source or LocalStat(result.size, result.mtime_ns)
         self._after_upload(item, result.key, source, result.sha256, result.etag)
+
+    def _would_upload(self, item: Entry, rel: str, key: str, local: LocalStat) -> None:
+        """Dry run: count an upload and its bytes, unless the bucket holds these bytes already (the real pass skips)."""
+        remote = item.remote if isinstance(item.remote, RemoteObject) or item.remote is None else UNKNOWN
+        listed_same_size = isinstance(remote, RemoteObject) and remote.size == local.size and not remote.sha256
+        if remote is UNKNOWN or listed_same_size:
+            remote = self.transport.head(key)  # read-only, as the real upload's own look
+        if isinstance(remote, RemoteObject) and remote.size == local.size:
+            _, hashes = read_hashes(item.path, md5=True, root=self.root)
+            if remote.same_content(hashes.size, hashes.sha256, hashes.md5 or None):
+                self.stats.skipped += 1
+                log.info("upload.would_skip", path=rel, key=key, reason="same content already in the bucket")
+                return
+        log.info("upload.would_upload", path=rel, key=key, bytes=local.size)
+        self.stats.uploaded += 1
+        self.stats.bytes += local.size
 
     def _claim(self, key: str, rel: str) -> None:
         """Own ``key`` for this upload; :class:`_KeyBusyError` while another path's upload of it runs."""
