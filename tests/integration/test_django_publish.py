@@ -231,3 +231,28 @@ def test_check_lists_every_bad_setting():
         errors = [m for m in run_checks() if m.id == "s3sync.E001"]
     assert sorted(m.msg.split(":", 1)[0] for m in errors) == ["S3_CATEGORY_MAP", "S3_DEFAULT_ACL", "S3_PUBLIC_BASE_URL"]
     assert all("manage.py s3sync config" in m.hint for m in errors)
+
+
+# --- drop-in: django_s3's remaining calls ----------------------------------------------------------
+
+
+def test_django_s3_legacy_calls_still_work(project: Settings):
+    """Transport(key, secret, bucket) (with a DeprecationWarning), download_by_name and category_code still work."""
+    from s3sync.contrib.django import Resource
+
+    assert project.aws_access_key_id is not None
+    assert project.aws_secret_access_key is not None
+    (project.upload_dir_path / NAME).write_bytes(b"legacy")
+    with pytest.warns(DeprecationWarning, match="S3_BUCKET_NAME"):
+        legacy = Transport(
+            project.aws_access_key_id.get_secret_value(),
+            project.aws_secret_access_key.get_secret_value(),
+            project.bucket_name or "",
+        )
+    assert legacy.upload(Resource(NAME)).key == KEY
+    resource, path = legacy.download_by_name(NAME)
+    assert (resource.name, resource.category_code) == (NAME, "CF")
+    assert path == project.local_path / KEY
+    assert path.read_bytes() == b"legacy"
+    with pytest.raises(TypeError):
+        Transport("only-a-key")  # type: ignore[arg-type]
