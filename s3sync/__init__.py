@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 from s3sync.browser import Browser, FileTreeNode
 from s3sync.errors import (
+    AclNotSupportedError,
     ConfigurationError,
     DownloadError,
     EndpointError,
@@ -39,6 +40,7 @@ from s3sync.settings import Settings, load_settings
 from s3sync.transport import DownloadResult, RemoteObject, Transport, UploadResult
 
 __all__ = [
+    "AclNotSupportedError",
     "Browser",
     "ConfigurationError",
     "DownloadError",

@@ -127,3 +127,19 @@ def test_every_form_ends_in_slash_and_names_the_bucket_once(bucket: str, style: 
     where = parts.netloc.split(".") if style == "virtual" else parts.path.strip("/").split("/")
     assert where.count(bucket) == 1
     assert parts.scheme == "https"
+
+
+def test_acl_error_is_one_actionable_line() -> None:
+    """AccessControlListNotSupported becomes an exported UploadError (exit 2) that names the way out."""
+    import s3sync
+    from s3sync.publish import acl_not_supported
+
+    exc = acl_not_supported("shop", "CLIPPING-FLOWER/CF0001/x.jpg")
+    assert isinstance(exc, s3sync.AclNotSupportedError)
+    assert isinstance(exc, s3sync.UploadError)
+    assert exc.exit_code == 2
+    text = str(exc)
+    assert text.startswith("PUT s3://shop/CLIPPING-FLOWER/CF0001/x.jpg: ")
+    assert "bucket policy" in text
+    assert "S3_PUBLIC_BASE_URL" in text
+    assert "\n" not in text
