@@ -78,9 +78,7 @@ class ConfigurationError(S3SyncError):
 
     exit_code = 2
 
-    def __init__(
-        self, message: str, *, setting: str | None = None, problems: tuple[tuple[str, str], ...] = ()
-    ) -> None:
+    def __init__(self, message: str, *, setting: str | None = None, problems: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message, setting=setting)
         self.setting = setting
         self.problems = problems or ((setting or "settings", message),)

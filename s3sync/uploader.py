@@ -695,9 +695,7 @@ class Uploader:
                 multipart=result.multipart,
             )
             if self._on_result is not None:
-                self._on_result(
-                    "succeeded", result.bytes, result.duration_ms / 1000, key=result.key, path=result.path
-                )
+                self._on_result("succeeded", result.bytes, result.duration_ms / 1000, key=result.key, path=result.path)
 
     def _reject(self, path: Path, rel: str, local: LocalStat, rec: UploadRecord | None, reason: str) -> None:
         if self._plan(local, rec) is UploadAction.IGNORE_REJECTED:

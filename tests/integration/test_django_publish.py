@@ -141,8 +141,12 @@ def test_daemon_in_django_sends_signals(make_settings, s3_server: S3Server, rest
             s3_server.client().put_object(Bucket=settings.bucket_name, Key=other_key, Body=b"from the bucket")
             deadline = time.monotonic() + 30
             with seen:
-                while time.monotonic() < deadline and not ended.is_set() and not (
-                    got["uploaded"] and got["rejected"] and any(d["key"] == other_key for d in got["downloaded"])
+                while (
+                    time.monotonic() < deadline
+                    and not ended.is_set()
+                    and not (
+                        got["uploaded"] and got["rejected"] and any(d["key"] == other_key for d in got["downloaded"])
+                    )
                 ):
                     seen.wait(0.2)
         finally:
