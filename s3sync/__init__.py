@@ -14,6 +14,7 @@ from __future__ import annotations
 from s3sync._version import __version__
 from s3sync.browser import Browser, FileTreeNode
 from s3sync.errors import (
+    AclNotSupportedError,
     ConfigurationError,
     DownloadError,
     EndpointError,
@@ -38,6 +39,7 @@ from s3sync.settings import Settings, load_settings
 from s3sync.transport import DownloadResult, RemoteObject, Transport, UploadResult
 
 __all__ = [
+    "AclNotSupportedError",
     "Browser",
     "ConfigurationError",
     "DownloadError",

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final, Protocol, Self, TypeVar
 
 import structlog
 
+from s3sync import publish
 from s3sync._requests import Reply, RequestFailed, Requests
 from s3sync._s3client import make_client, make_requests, static_keys, translate
 from s3sync.errors import ListingError, TransferError
@@ -159,6 +160,8 @@ class TransportCore:
         self._orphan_suspects: set[str] = set()
         self._active_uploads: set[str] = set()
         self._lock = threading.Lock()
+        #: ACL and Cache-Control of every object this transport writes (s3sync.publish).
+        self._object_headers = publish.object_headers(self.settings)
 
     @property
     def client(self) -> S3Client:

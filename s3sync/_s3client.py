@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 
+from s3sync import publish
 from s3sync._requests import RequestFailed, Requests, Retrier, parse_iso_timestamp
 from s3sync.errors import (
     ConfigurationError,
@@ -113,6 +114,9 @@ def _client_config(settings: Settings) -> Config:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+        # SigV4 for presigned URLs too (botocore's default presigns SigV2 URLs, which newer
+        # regions and servers refuse); requests are SigV4 already.
+        signature_version="s3v4",
         user_agent_extra="s3sync",
         # Every request's parameters are built here, not by users: validating them again costs
         # CPU on each of thousands of small requests.
@@ -305,6 +309,8 @@ def translate(
                 key=key,
                 code=code,
             )
+        if code == "AccessControlListNotSupported":  # S3_DEFAULT_ACL on a bucket with ACLs disabled
+            return publish.acl_not_supported(bucket, key)
         if code in {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"}:
             return IntegrityError(f"{action} {where}: the server saw corrupted bytes ({code})", bucket=bucket, key=key)
         return kind(f"{action} {where}: {code or 'error'} (HTTP {status})", bucket=bucket, key=key, code=code)

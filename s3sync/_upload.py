@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import botocore.exceptions
 
+from s3sync import publish
 from s3sync._core import (
     META_SHA256,
     PENDING_MULTIPART,
@@ -134,6 +135,7 @@ class Uploads(TransportCore):
             "Content-MD5": _b64(md5.digest()),
             "Content-Type": content_type_for(res.name),
             f"x-amz-meta-{META_SHA256}": sha,
+            **self._object_headers,
         }
         try:
             reply = self.requests.put(res.key, data, headers)
@@ -182,6 +184,7 @@ class Uploads(TransportCore):
                 Key=res.key,
                 ContentType=content_type_for(res.name),
                 Metadata={META_SHA256: sha.sha256},
+                **publish.boto3_object_params(self._object_headers),  # type: ignore[arg-type]
             )
         except _REQUEST_ERRORS as exc:
             if isinstance(exc, botocore.exceptions.ClientError):

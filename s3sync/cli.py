@@ -17,7 +17,8 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -31,9 +32,10 @@ from s3sync._version import __version__
 from s3sync.errors import ConfigurationError, InvalidNameError, S3SyncError
 from s3sync.lock import StateLock
 from s3sync.logs import configure_logging
+from s3sync.outcomes import Subscriber
 from s3sync.settings import Settings, default_data_dir, load_settings, resolve_folders
 
-__all__ = ["app", "main"]
+__all__ = ["Host", "app", "main"]
 
 app = typer.Typer(
     name="s3sync",
@@ -54,9 +56,37 @@ class _Ctx:
     file_wins: bool = False
     #: Set while ``run`` has a daemon going: its errors are events in its log, not a CLI line.
     daemon: bool = False
+    #: The name the command was called by (``manage.py s3sync`` from Django), for hints.
+    prog: str = "s3sync"
+    #: What the program running this command line in-process handed it (see :class:`Host`).
+    host: Host
+
+
+@dataclass(frozen=True)
+class Host:
+    """What a program that runs this command line in-process hands it (click's ``obj``).
+
+    ``manage.py s3sync`` passes the Django signals as a subscriber: ``run`` and ``sync`` tell it
+    every file's outcome (:mod:`s3sync.outcomes`).
+    """
+
+    subscribers: tuple[Subscriber, ...] = ()
 
 
 _ctx = _Ctx()
+_ctx.host = Host()
+
+
+def _host() -> Host:
+    return _ctx.host
+
+
+def _with_prog(message: str) -> str:
+    """Hints name the command as the user typed it (``manage.py s3sync config``, not ``s3sync config``)."""
+    prog = _ctx.prog
+    if not prog or prog == "s3sync":
+        return message
+    return message.replace("`s3sync ", f"`{prog} ")
 
 
 def _fail(exc: BaseException) -> NoReturn:
@@ -67,7 +97,7 @@ def _fail(exc: BaseException) -> NoReturn:
     """
     if isinstance(exc, S3SyncError):
         code, event = exc.exit_code, "command.failed"
-        message = str(exc)
+        message = _with_prog(str(exc))
     else:
         code, event = 1, "command.crashed"
         message = f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
@@ -131,6 +161,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     env_file: Annotated[
         str | None, typer.Option("--env-file", help="Read settings from this .env file (default: ./.env).")
     ] = None,
@@ -143,6 +174,9 @@ def _main(
     _ctx.env_file = env_file if env_file is not None else ".env"
     _ctx.debug = debug
     _ctx.file_wins = _ctx.daemon = False  # per invocation (manage.py runs several in one process)
+    root = ctx.find_root()
+    _ctx.prog = root.info_name or "s3sync"
+    _ctx.host = root.obj if isinstance(root.obj, Host) else Host()
     configure_logging("auto", "warning")
 
 
@@ -168,13 +202,62 @@ def check(
         else:
             for r in results:
                 if r["valid"]:
+                    # Values fold onto more lines, never end in "…": the whole URL is what people copy.
                     table = Table(title=r["name"], show_header=False, title_justify="left")
+                    table.add_column(no_wrap=True)
+                    table.add_column(overflow="fold")
                     for field in ("code", "serial", "folder", "rest", "size", "extension", "category", "key", "url"):
-                        table.add_row(field, str(r[field]))
+                        value = r[field]
+                        if field == "url" and value is None:
+                            value = "(none: set S3_BUCKET_NAME, or S3_PUBLIC_BASE_URL for a CDN)"
+                        table.add_row(field, str(value))
                     out.print(table)
                 else:
                     out.print(f"[red]invalid[/red] {r['name']!r}: {r['reason']}", highlight=False)
         if not all(r["valid"] for r in results):
+            raise typer.Exit(1)
+
+
+@app.command("publish-check")
+def publish_check(
+    names: Annotated[list[str], typer.Argument(help="Resource names whose public URL to fetch.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Fetch each resource's public URL anonymously and say whether the world can read it (exit 1 if not)."""
+    import ssl
+
+    from s3sync.publish import check_public
+    from s3sync.resource import Resource
+
+    with _errors():
+        settings = _settings()
+        context = ssl.create_default_context(cafile=str(settings.ca_bundle)) if settings.ca_bundle else None
+        results: list[dict[str, Any]] = []
+        for name in names:
+            try:
+                url = Resource(name, settings=settings).url
+            except InvalidNameError as exc:
+                results.append({"name": name, "public": False, "url": None, "status": None, "verdict": exc.reason})
+                continue
+            verdict = check_public(url, timeout=settings.read_timeout, context=context)
+            results.append(
+                {
+                    "name": name,
+                    "public": verdict.public,
+                    "url": url,
+                    "status": verdict.status,
+                    "verdict": verdict.explain(),
+                    "cache_control": verdict.cache_control,
+                }
+            )
+        if as_json:
+            out.print(json.dumps(results, indent=2), markup=False, highlight=False)
+        else:
+            for r in results:
+                out.print(f"{r['name']}: {r['verdict']}", markup=False, highlight=False)
+                if r["url"]:
+                    out.print(f"  {r['url']}", markup=False, highlight=False, crop=False)  # never cut
+        if not all(r["public"] for r in results):
             raise typer.Exit(1)
 
 
@@ -345,7 +428,9 @@ def _install_signals(stop: threading.Event, reload: threading.Event | None) -> N
         stop.set()
 
     # SIGUSR1 dumps every thread's stack to stderr: how an operator sees where a stuck daemon is.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # To the process's own stderr (fd 2): inside `call_command(..., stderr=StringIO())` sys.stderr has no fd.
+    with suppress(OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__ or sys.stderr, all_threads=True)
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     if reload is not None:
@@ -395,7 +480,7 @@ def run(
             previous: Settings | None = None
             while True:
                 try:
-                    service = Service(settings)
+                    service = Service(settings, subscribers=_host().subscribers)
                     service.state_lock = lock if isinstance(lock, StateLock) else None
                 except S3SyncError as exc:  # the reloaded settings failed after all: back to the old ones
                     if previous is None:
@@ -481,7 +566,8 @@ def sync(
             finish: Callable[[], None] = lambda: None  # noqa: E731
             if err.is_terminal and not dry_run:
                 update, finish = _progress_callback()
-            service = Service(settings, on_result=update, read_only=dry_run)
+            subscribers = () if dry_run else _host().subscribers  # a dry run did nothing to tell of
+            service = Service(settings, on_result=update, read_only=dry_run, subscribers=subscribers)
             try:
                 summary = service.sync_once(
                     upload=not mirror_only, mirror=not upload_only, dry_run=dry_run, retry_rejected=retry_rejected
@@ -502,7 +588,8 @@ def sync(
         if summary.mirror is not None:
             m = summary.mirror
             line.append(
-                f"mirror: listed {m.listed}, {'would download' if dry_run else 'downloaded'} {m.downloaded}, "
+                f"mirror: listed {m.listed}, {'would download' if dry_run else 'downloaded'} {m.downloaded} "
+                f"({m.bytes} bytes), "
                 f"deleted {m.deleted}, failed {m.failed}, unsafe keys {m.unsafe}, key conflicts {m.conflicts}"
             )
             if m.listing_error is not None:  # exit 1 with every count at 0 needs its reason on the line

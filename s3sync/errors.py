@@ -13,6 +13,7 @@ knows the exit code the command line maps it to (``1``: an item failed,
     ├── ListingError                 exit 1   a listing cannot be complete (truncated without a token, a key twice...)
     ├── TransferError                exit 1   an upload or download failed
     │   ├── UploadError
+    │   │   └── AclNotSupportedError exit 2   the bucket refuses ACLs (S3_DEFAULT_ACL): use a bucket policy
     │   ├── DownloadError
     │   └── IntegrityError                    bytes on one side differ from the other
     ├── LocalFileError               exit 1   a local file vanished, is unreadable, or cannot be written
@@ -31,6 +32,7 @@ original kept as ``__cause__`` for ``--debug``.
 from __future__ import annotations
 
 __all__ = [
+    "AclNotSupportedError",
     "ConfigurationError",
     "DownloadError",
     "EndpointError",
@@ -68,13 +70,18 @@ class S3SyncError(Exception):
 
 
 class ConfigurationError(S3SyncError):
-    """A setting is missing or invalid; the message names the setting."""
+    """A setting is missing or invalid; the message names the setting.
+
+    When several settings are invalid at once, ``problems`` holds one ``(setting, message)`` per
+    setting (``manage.py check`` reports each) and the message joins them with ``; ``.
+    """
 
     exit_code = 2
 
-    def __init__(self, message: str, *, setting: str | None = None) -> None:
+    def __init__(self, message: str, *, setting: str | None = None, problems: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message, setting=setting)
         self.setting = setting
+        self.problems = problems or ((setting or "settings", message),)
 
 
 class InvalidNameError(S3SyncError, ValueError):
@@ -117,6 +124,16 @@ class TransferError(S3SyncError):
 
 class UploadError(TransferError):
     """An upload did not complete."""
+
+
+class AclNotSupportedError(UploadError):
+    """The bucket has ACLs disabled (``AccessControlListNotSupported``) but ``S3_DEFAULT_ACL`` asks for one.
+
+    Retrying cannot help, so it is a configuration-like error (exit 2): the message says to unset
+    ``S3_DEFAULT_ACL`` and use a bucket policy.
+    """
+
+    exit_code = 2
 
 
 class DownloadError(TransferError):

@@ -23,7 +23,6 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ import structlog
 
 from s3sync.errors import LocalChangedError, LocalFileError, NotFoundError, S3SyncError, UnsafeKeyError
 from s3sync.localfs import ABSENT, CommitGroup, Expected, hash_file, lstat_under, open_dir_under, remove_under
+from s3sync.outcomes import ResultSink
 from s3sync.paths import PathClaims, key_to_relpath
 from s3sync.plan import (
     LocalContent,
@@ -100,7 +100,7 @@ class Mirror:
         state: State,
         *,
         dry_run: bool = False,
-        on_result: Callable[[str, int, float], None] | None = None,
+        on_result: ResultSink | None = None,
     ) -> None:
         self.settings = settings
         self.transport = transport
@@ -236,12 +236,47 @@ class Mirror:
             return None
         if action in {MirrorAction.DOWNLOAD, MirrorAction.CHECK}:
             if self.dry_run:
-                log.info("mirror.would_download", key=obj.key, bytes=obj.size, local=decision.reason or None)
-                report.downloaded += 1
+                self._would(obj, action, record, report, decision.reason)
                 return None
             return action
         report.skipped += 1
         return None
+
+    def _would(
+        self, obj: RemoteObject, action: MirrorAction, record: MirrorRecord | None, report: MirrorReport, why: str
+    ) -> None:
+        """Dry run: count what the real pass would do, reading (never writing) what it would read.
+
+        A local file of unknown owner (CHECK) is hashed and judged as the real pass judges it: the
+        same bytes are adopted or skipped there, not downloaded, so they are not counted as a download.
+        """
+        if action is MirrorAction.CHECK:
+            try:
+                segments = key_to_relpath(obj.key)
+                hashes = hash_file(os.path.join(self._root_str, *segments), md5=True)  # noqa: PTH118 - as in _check
+                remote_sha = None
+                if hashes.size == obj.size and not is_md5_etag(obj.etag):
+                    head = self.transport.head(obj.key)
+                    remote_sha = head.sha256 if head is not None else None
+                content = LocalContent(hashes.size, hashes.sha256, hashes.md5)
+                policy = self.settings.mirror_on_local_change
+                decision = plan_checked(content, _version(obj), remote_sha, _written(record), policy)
+            except (S3SyncError, OSError) as exc:
+                log.info("mirror.would_check", key=obj.key, error=_describe(exc))
+            else:
+                if decision.action is MirrorAction.SKIP:
+                    report.skipped += 1
+                    return
+                if decision.action is MirrorAction.ADOPT:
+                    report.adopted += 1
+                    return
+                if decision.action is MirrorAction.KEEP_LOCAL:
+                    report.local_changed += 1
+                    return
+                why = decision.reason or why
+        log.info("mirror.would_download", key=obj.key, bytes=obj.size, local=why or None)
+        report.downloaded += 1
+        report.bytes += obj.size
 
     def _report_once(self, key: str, event: str, **fields: object) -> None:
         with self._lock:
@@ -431,7 +466,7 @@ class Mirror:
                 report.downloaded += 1
                 report.bytes += nbytes
             if self._on_result is not None:
-                self._on_result("downloaded", nbytes, seconds)
+                self._on_result("downloaded", nbytes, seconds, key=obj.key, path=path)
             log.info("mirror.downloaded", key=obj.key, bytes=nbytes, duration_ms=int(seconds * 1000))
 
         try:
@@ -460,7 +495,7 @@ class Mirror:
             with self._lock:
                 report.skipped += 1
             if self._on_result is not None:
-                self._on_result("skipped", 0, result.duration_ms / 1000)
+                self._on_result("skipped", 0, result.duration_ms / 1000, key=obj.key, path=result.path)
             return
         with box.lock:
             box.sha256 = result.sha256
@@ -515,7 +550,7 @@ class Mirror:
             report.failed += 1
             report.errors.append(error)
         if self._on_result is not None:
-            self._on_result("failed", 0, 0.0)
+            self._on_result("failed", 0, 0.0, key=key, reason=error)
         log.error("mirror.failed", key=key, error=error)
 
     def _refuse(self, reason: str, **fields: object) -> None:
@@ -555,7 +590,7 @@ class Mirror:
                     report.deleted += 1
                     log.info("mirror.deleted", key=rec.key)
                     if self._on_result is not None:
-                        self._on_result("deleted", 0, 0.0)
+                        self._on_result("deleted", 0, 0.0, key=rec.key)
             except S3SyncError as exc:
                 self._report_once(rec.key, "mirror.delete_skipped", reason=str(exc))
                 continue

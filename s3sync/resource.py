@@ -33,9 +33,9 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import quote
 
-from s3sync.errors import InvalidNameError
+from s3sync.errors import ConfigurationError, InvalidNameError
+from s3sync.publish import base_url, object_url
 
 if TYPE_CHECKING:
     from s3sync.settings import Settings
@@ -180,6 +180,8 @@ class Resource:
     """
 
     __slots__ = (
+        "_no_url",
+        "_url",
         "category",
         "code",
         "extension",
@@ -189,8 +191,9 @@ class Resource:
         "rest",
         "serial",
         "size",
-        "url",
     )
+    #: The public fields, in the order ``as_dict`` gives them.
+    FIELDS = ("name", "code", "serial", "folder", "rest", "size", "extension", "category", "key", "url")
 
     name: str
     code: str
@@ -201,7 +204,8 @@ class Resource:
     extension: str
     category: str
     key: str
-    url: str
+    _url: str | None
+    _no_url: ConfigurationError | None
 
     def __init__(self, name: str, settings: NamingRules | Settings | None = None) -> None:
         if settings is None:
@@ -214,9 +218,12 @@ class Resource:
         parsed = parse_name(name, settings.category_map.keys(), settings.allowed_extensions)
         category = settings.category_map[parsed.code]
         key = _render_key(parsed, category, settings.key_template)
-        base = settings.aws_base_url if settings.aws_base_url.endswith("/") else settings.aws_base_url + "/"
-        bucket = settings.bucket_name
-        url = f"{base}{bucket}/{quote(key)}" if bucket else f"{base}{quote(key)}"
+        url: str | None = None
+        no_url: ConfigurationError | None = None
+        try:
+            url = object_url(base_url(settings), key)
+        except ConfigurationError as exc:  # parsing still works; asking for the URL says why there is none
+            no_url = exc
         values: dict[str, Any] = {
             "name": parsed.name,
             "code": parsed.code,
@@ -227,7 +234,8 @@ class Resource:
             "extension": parsed.extension,
             "category": category,
             "key": key,
-            "url": url,
+            "_url": url,
+            "_no_url": no_url,
         }
         for attr, value in values.items():
             object.__setattr__(self, attr, value)
@@ -238,13 +246,20 @@ class Resource:
     def __delattr__(self, attr: str) -> None:
         raise AttributeError(f"Resource is read-only: cannot delete {attr!r}")
 
+    @property
+    def url(self) -> str:
+        """The public URL (see :mod:`s3sync.publish`); :class:`ConfigurationError` when it cannot point anywhere."""
+        if self._url is None:
+            raise self._no_url or ConfigurationError("S3_BUCKET_NAME: not set", setting="S3_BUCKET_NAME")
+        return self._url
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Resource):
             return NotImplemented
-        return (self.key, self.url) == (other.key, other.url)
+        return (self.key, self._url) == (other.key, other._url)
 
     def __hash__(self) -> int:
-        return hash((self.key, self.url))
+        return hash((self.key, self._url))
 
     def __repr__(self) -> str:
         return f"Resource({self.name!r}, key={self.key!r})"
@@ -253,7 +268,8 @@ class Resource:
         return self.name
 
     def as_dict(self) -> dict[str, object]:
-        """The fields as plain data, e.g. for ``s3sync check --json``."""
-        return {attr: getattr(self, attr) for attr in Resource.__slots__} | {
-            "size": list(self.size) if self.size else None
+        """The fields as plain data, e.g. for ``s3sync check --json`` (``url`` None when there is none)."""
+        return {attr: getattr(self, attr) for attr in Resource.FIELDS if attr != "url"} | {
+            "size": list(self.size) if self.size else None,
+            "url": self._url,
         }

@@ -15,10 +15,10 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
@@ -31,6 +31,7 @@ from s3sync.lock import StateLock
 from s3sync.metrics import Metrics, MetricsServer
 from s3sync.mirror import Mirror, MirrorReport
 from s3sync.notify import Notifier, WatchdogPinger
+from s3sync.outcomes import Outcome, ResultSink, Subscriber
 from s3sync.settings import Settings, resolve_folders
 from s3sync.state import State, StateNamespace
 from s3sync.transport import PENDING_MULTIPART, RemoteObject, Transport
@@ -81,12 +82,15 @@ class Service:
         environ: Mapping[str, str] | None = None,
         on_result: Callable[[str, int], None] | None = None,
         read_only: bool = False,
+        subscribers: Sequence[Subscriber] = (),
     ) -> None:
         # Symlinked roots (/srv/mirror -> /data/mirror) are followed once, here; never inside.
         self.settings = settings = resolve_folders(settings)
         self.environ = os.environ if environ is None else environ
         self.metrics = Metrics(enabled=bool(settings.metrics_addr))
         self._on_result_extra = on_result
+        #: Told of every file's outcome (the Django app's signals are one): see :mod:`s3sync.outcomes`.
+        self.subscribers = tuple(subscribers)
         # A dry run must change nothing, not even create the state database.
         # Bound to these settings: another bucket's or folder's records are dropped (dry run: ignored).
         self.state = State(settings.state_path, read_only=read_only, namespace=StateNamespace.of(settings))
@@ -143,8 +147,17 @@ class Service:
             elif not upload_id.startswith(PENDING_MULTIPART):
                 log.info("upload.multipart_aborted", key=key, upload_id=upload_id, reason="left open by a crash")
 
-    def _result(self, direction: str) -> Callable[[str, int, float], None]:
-        def record(outcome: str, nbytes: int, seconds: float) -> None:
+    def _result(self, direction: Literal["upload", "download"]) -> ResultSink:
+        def record(
+            outcome: str,
+            nbytes: int,
+            seconds: float,
+            /,
+            *,
+            key: str | None = None,
+            path: Path | None = None,
+            reason: str | None = None,
+        ) -> None:
             if direction == "upload":
                 self.metrics.upload_done(outcome, nbytes, seconds)
             elif outcome == "deleted":
@@ -153,6 +166,13 @@ class Service:
                 self.metrics.download_done(outcome, nbytes, seconds)
             if self._on_result_extra is not None:
                 self._on_result_extra(f"{direction}.{outcome}", nbytes)
+            if self.subscribers:
+                told = Outcome(direction, outcome, key, path, nbytes, seconds, reason)
+                for subscriber in self.subscribers:
+                    try:
+                        subscriber.on_outcome(told)
+                    except Exception as exc:  # noqa: BLE001 - a subscriber's bug must not fail a transfer
+                        log.error("subscriber.failed", subscriber=type(subscriber).__name__, error=repr(exc))
 
         return record
 

@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -204,6 +205,26 @@ class Settings(BaseSettings):
         "auto",
         description="What carries the requests: awscrt on a custom endpoint, botocore on AWS (auto), or one of them.",
     )
+    # Publishing for the web (s3sync.publish): URL forms and what every uploaded object carries.
+    public_base_url: str | None = Field(
+        None, description="CDN or custom-domain root: URLs are this + key (no bucket segment)."
+    )
+    url_style: Literal["path", "virtual"] = Field(
+        "path", description="path: S3_AWS_BASE_URL + bucket/key; virtual: https://bucket.<host>/key."
+    )
+    default_acl: (
+        Literal[
+            "private",
+            "public-read",
+            "public-read-write",
+            "authenticated-read",
+            "aws-exec-read",
+            "bucket-owner-read",
+            "bucket-owner-full-control",
+        ]
+        | None
+    ) = Field(None, description="Canned ACL on upload (public-read: what django_s3 did); none when unset.")
+    cache_control: str | None = Field(None, description="Cache-Control of uploaded objects, e.g. max-age=86400.")
 
     # --- the daemon --------------------------------------------------------------------------
     watch_mode: Literal["auto", "inotify", "polling"] = "auto"
@@ -267,6 +288,37 @@ class Settings(BaseSettings):
             return None
         if not re.match(r"https?://[^\s/]+", v):
             raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_public_url(cls, v: str | None) -> str | None:
+        if v is None or v.strip() == "":
+            return None
+        parts = urlsplit(v.strip())
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL, e.g. https://cdn.example.com/")
+        if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+            raise ValueError("must be a plain root URL: no user:password@, no ?query, no #fragment")
+        if any(ch.isspace() for ch in v.strip()):
+            raise ValueError("must not contain spaces")
+        text = v.strip()
+        return text if text.endswith("/") else text + "/"
+
+    @field_validator("default_acl", "cache_control", mode="before")
+    @classmethod
+    def _blank_is_none(cls, v: object) -> object:
+        if isinstance(v, str) and v.strip() == "":
+            return None
+        return v.strip() if isinstance(v, str) else v
+
+    @field_validator("cache_control")
+    @classmethod
+    def _check_cache_control(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if len(v) > 1024 or not v.isascii() or not v.isprintable():
+            raise ValueError("must be one line of printable ASCII (at most 1024), e.g. public, max-age=86400")
         return v
 
     @field_validator("aws_base_url")
@@ -397,6 +449,22 @@ class Settings(BaseSettings):
             raise ValueError("S3_STATE_PATH must not be inside S3_LOCAL_PATH")
         if self.multipart_chunksize > self.multipart_threshold:
             raise ValueError("S3_MULTIPART_CHUNKSIZE must not exceed S3_MULTIPART_THRESHOLD")
+        if self.endpoint_url and "aws_base_url" not in self.model_fields_set:
+            # URLs point where the objects are: a custom endpoint's, not AWS's, unless told otherwise.
+            object.__setattr__(self, "aws_base_url", self.endpoint_url.rstrip("/") + "/")
+        host = (urlsplit(self.aws_base_url).hostname or "").lower()
+        if (
+            self.url_style == "virtual"
+            and not self.public_base_url
+            and self.bucket_name
+            and "." in self.bucket_name
+            and self.aws_base_url.startswith("https:")
+            and host.endswith("amazonaws.com")
+        ):
+            raise ValueError(
+                "S3_URL_STYLE: virtual-hosted https URLs fail TLS for a bucket name with dots "
+                "(*.s3.amazonaws.com does not cover it); use S3_URL_STYLE=path or S3_PUBLIC_BASE_URL"
+            )
         return self
 
     # --- helpers -----------------------------------------------------------------------------
@@ -452,8 +520,16 @@ def _overlap(a: Path, b: Path) -> bool:
     return _inside(a, b) or _inside(b, a)
 
 
-def _describe(exc: ValidationError) -> tuple[str, str]:
-    err = exc.errors(include_url=False, include_input=False)[0]
+def _describe_all(exc: ValidationError) -> tuple[tuple[str, str], ...]:
+    """One ``(setting, message)`` per invalid setting (the first problem of each), in field order."""
+    found: dict[str, str] = {}
+    for err in exc.errors(include_url=False, include_input=False):
+        setting, message = _describe_one(err)
+        found.setdefault(setting, message)
+    return tuple(found.items())
+
+
+def _describe_one(err: Any) -> tuple[str, str]:
     loc = [str(p) for p in err.get("loc", ()) if isinstance(p, str)]
     # An aliased field is located by the alias that set it (S3_CA_BUNDLE, aws_region...).
     setting = (env_name(loc[0]) if loc[0] in Settings.model_fields else loc[0].upper()) if loc else "settings"
@@ -524,8 +600,10 @@ def load_settings(
             return Settings.model_construct(_fields_set=built.model_fields_set, **dict(built))
         return Settings(_env_file=env_path, _secrets_dir=secrets_dir, **overrides)
     except ValidationError as exc:
-        setting, message = _describe(exc)
-        raise ConfigurationError(message, setting=setting) from None
+        problems = _describe_all(exc)
+        setting = problems[0][0]
+        message = "; ".join(m for _, m in problems)
+        raise ConfigurationError(message, setting=setting, problems=problems) from None
     except SettingsError as exc:
         # pydantic-settings could not decode a complex value (a JSON map) from the environment.
         match = re.search(r'field "(\w+)"', str(exc))

@@ -19,6 +19,11 @@ S3-compatible servers (rclone, older MinIO/Ceph) reject the trailers botocore se
 
 from __future__ import annotations
 
+import asyncio
+import os
+from pathlib import Path
+
+from s3sync import publish
 from s3sync._core import (
     META_SHA256,
     PENDING_MULTIPART,
@@ -32,6 +37,7 @@ from s3sync._core import (
 from s3sync._download import Downloads
 from s3sync._s3client import make_client, static_keys, translate
 from s3sync._upload import Uploads
+from s3sync.resource import Resource
 
 __all__ = [
     "META_SHA256",
@@ -55,3 +61,17 @@ class Transport(Uploads, Downloads):
     Thread-safe: one instance serves all the daemon's workers. ``close()`` releases the
     part thread pool and the request stack (also a context manager).
     """
+
+    # --- publishing (s3sync.publish) --------------------------------------------------------
+    def presigned_url(self, item: Resource | str, *, expires: int = 3600) -> str:
+        """A GET URL of a resource (by :class:`Resource` or name) for a private bucket, valid ``expires`` s."""
+        key = item.key if isinstance(item, Resource) else self.resource(item).key
+        return publish.presigned_url(self.client, self.bucket, key, expires=expires)
+
+    async def aupload(self, item: Resource | str | os.PathLike[str]) -> UploadResult:
+        """:meth:`upload` for async views: runs in a worker thread, the event loop goes on."""
+        return await asyncio.to_thread(self.upload, item)
+
+    async def adownload(self, item: Resource | str) -> Path:
+        """:meth:`download` for async views: runs in a worker thread, the event loop goes on."""
+        return await asyncio.to_thread(self.download, item)

@@ -43,6 +43,7 @@ from s3sync.errors import (
 )
 from s3sync.localfs import FileHashes, lstat_under, move_no_replace, open_dir_under, rename_no_replace
 from s3sync.openfiles import OpenWriters
+from s3sync.outcomes import ResultSink
 from s3sync.plan import LocalStat, UploadAction, backoff_delay, is_ignored_name, plan_upload
 from s3sync.schedule import Entry, Hint, Probe, UploadSchedule
 from s3sync.settings import Settings
@@ -105,7 +106,7 @@ class Uploader:
         one_shot: bool = False,
         dry_run: bool = False,
         close_events: bool = False,
-        on_result: Callable[[str, int, float], None] | None = None,
+        on_result: ResultSink | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
@@ -496,7 +497,7 @@ class Uploader:
         if self.one_shot:
             delay = min(delay, 2.0)
         if self._on_result is not None:
-            self._on_result("failed", 0, 0.0)
+            self._on_result("failed", 0, 0.0, path=item.path, reason=error)
         if final:
             self.stats.failed_final += 1
             log.error("upload.failed", path=item.rel, error=error, attempt=item.attempt, retry_in=None, final=True)
@@ -544,8 +545,7 @@ class Uploader:
             if self._conflicts(item, res.key, local):
                 return
             if self.dry_run:
-                log.info("upload.would_upload", path=rel, key=res.key, bytes=local.size)
-                self.stats.uploaded += 1
+                self._would_upload(item, rel, res.key, local)
                 return
             log.info("upload.started", path=rel, key=res.key, bytes=local.size, attempt=item.attempt + 1)
             remote = item.remote if isinstance(item.remote, RemoteObject) or item.remote is None else UNKNOWN
@@ -556,6 +556,22 @@ class Uploader:
                 self._keys.pop(res.key, None)
         source = result.source or LocalStat(result.size, result.mtime_ns)
         self._after_upload(item, result.key, source, result.sha256, result.etag)
+
+    def _would_upload(self, item: Entry, rel: str, key: str, local: LocalStat) -> None:
+        """Dry run: count an upload and its bytes, unless the bucket holds these bytes already (the real pass skips)."""
+        remote = item.remote if isinstance(item.remote, RemoteObject) or item.remote is None else UNKNOWN
+        listed_same_size = isinstance(remote, RemoteObject) and remote.size == local.size and not remote.sha256
+        if remote is UNKNOWN or listed_same_size:
+            remote = self.transport.head(key)  # read-only, as the real upload's own look
+        if isinstance(remote, RemoteObject) and remote.size == local.size:
+            _, hashes = read_hashes(item.path, md5=True, root=self.root)
+            if remote.same_content(hashes.size, hashes.sha256, hashes.md5 or None):
+                self.stats.skipped += 1
+                log.info("upload.would_skip", path=rel, key=key, reason="same content already in the bucket")
+                return
+        log.info("upload.would_upload", path=rel, key=key, bytes=local.size)
+        self.stats.uploaded += 1
+        self.stats.bytes += local.size
 
     def _claim(self, key: str, rel: str) -> None:
         """Own ``key`` for this upload; :class:`_KeyBusyError` while another path's upload of it runs."""
@@ -652,7 +668,7 @@ class Uploader:
             reason=f"{item.rel} and {other} map to the same key with different content; {item.rel} kept, not uploaded",
         )
         if self._on_result is not None:
-            self._on_result("conflict", 0, 0.0)
+            self._on_result("conflict", 0, 0.0, key=key, path=item.path, reason=f"same key as {other}")
 
     def _record_stat(self, rel: str, local: LocalStat, sha256: str, key: str, etag: str) -> None:
         self.state.record_uploaded(
@@ -666,7 +682,7 @@ class Uploader:
             self.stats.skipped += 1
             log.info("upload.skipped", path=rel, key=result.key, reason="same content already in the bucket")
             if self._on_result is not None:
-                self._on_result("skipped", 0, 0.0)
+                self._on_result("skipped", 0, 0.0, key=result.key, path=result.path)
         else:
             self.stats.uploaded += 1
             self.stats.bytes += result.bytes
@@ -679,14 +695,14 @@ class Uploader:
                 multipart=result.multipart,
             )
             if self._on_result is not None:
-                self._on_result("succeeded", result.bytes, result.duration_ms / 1000)
+                self._on_result("succeeded", result.bytes, result.duration_ms / 1000, key=result.key, path=result.path)
 
     def _reject(self, path: Path, rel: str, local: LocalStat, rec: UploadRecord | None, reason: str) -> None:
         if self._plan(local, rec) is UploadAction.IGNORE_REJECTED:
             return  # rejected before, unchanged, under the same rules: said once is enough
         self.stats.rejected += 1
         if self._on_result is not None:
-            self._on_result("rejected", 0, 0.0)
+            self._on_result("rejected", 0, 0.0, path=path, reason=reason)
         if self.dry_run:
             log.info("upload.would_reject", path=rel, reason=reason)
             return

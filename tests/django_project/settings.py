@@ -10,3 +10,8 @@ DEBUG = False
 USE_TZ = True
 INSTALLED_APPS = ["s3sync.contrib.django"]
 DATABASES: dict[str, dict[str, str]] = {}
+
+# The publishing tests render templates and call views through Django's test client.
+ALLOWED_HOSTS = ["testserver"]
+ROOT_URLCONF = "tests.django_project.urls"
+TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "DIRS": [], "APP_DIRS": True}]

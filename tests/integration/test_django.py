@@ -193,7 +193,7 @@ def test_cache_follows_override_settings():
         with override_settings(S3_BUCKET_NAME="second-bucket"):
             assert Transport().bucket == "second-bucket"
         assert Transport().bucket == "first-bucket"
-        assert Resource(NAME).url == f"https://s3.amazonaws.com/first-bucket/{KEY}"
+        assert Resource(NAME).url == f"http://127.0.0.1:9/first-bucket/{KEY}"  # URLs follow the endpoint
 
 
 # --- system checks ---------------------------------------------------------------------------------

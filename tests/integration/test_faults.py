@@ -176,7 +176,7 @@ def test_listing_failing_half_way_deletes_nothing(make_settings, s3_server, prox
     """A listing that fails on its second page makes the pass incomplete: nothing is deleted.
 
     On rclone only: what is tested is the pass's reaction to a failed page, not the server's
-    listing (which ``test_fastpath.py::test_listing_pages_with_continuation_tokens`` covers on both).
+    listing (which ``test_request_stacks.py`` covers on both stacks).
     """
     settings = fast(make_settings, proxy.endpoint, mirror_delete=True, mirror_max_delete=10_000)
     client = make_client(settings.model_copy(update={"endpoint_url": s3_server.endpoint}))

@@ -25,7 +25,7 @@ from s3sync.settings import ENV_PREFIX, Settings
 __all__ = ["APP_NAME", "check_settings"]
 
 APP_NAME = "s3sync.contrib.django"
-_HINT = "Set {setting} in the Django settings or the environment (see `s3sync config`)."
+_HINT = "Set {setting} in the Django settings or the environment (see `manage.py s3sync config`)."
 
 
 def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
@@ -35,8 +35,11 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
     messages: list[CheckMessage] = _unknown_names()
     try:
         settings = settings_from_django()
-    except ConfigurationError as exc:
-        return [*messages, Error(str(exc), hint=_HINT.format(setting=exc.setting or "it"), id="s3sync.E001")]
+    except ConfigurationError as exc:  # every invalid setting at once, one E001 each
+        return [
+            *messages,
+            *(Error(text, hint=_HINT.format(setting=name), id="s3sync.E001") for name, text in exc.problems),
+        ]
     try:
         # Also caches the client that Transport() will use: the cost is paid once, not twice.
         default_client(settings)
@@ -54,6 +57,6 @@ def _unknown_names() -> list[CheckMessage]:
     messages: list[CheckMessage] = []
     for name in sorted(n for n in dir(django_settings) if n.startswith(ENV_PREFIX) and n not in known):
         close = difflib.get_close_matches(name, known, n=1)
-        hint = f"Did you mean {close[0]}?" if close else "See `s3sync config` for every name."
+        hint = f"Did you mean {close[0]}?" if close else "See `manage.py s3sync config` for every name."
         messages.append(Warning(f"{name}: not an s3sync setting (ignored)", hint=hint, id="s3sync.W002"))
     return messages

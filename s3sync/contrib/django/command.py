@@ -20,19 +20,65 @@ import structlog
 import typer.main
 
 from s3sync.contrib.django.conf import environment_for
+from s3sync.outcomes import Subscriber
 
-__all__ = ["PROG_NAME", "run_cli"]
+__all__ = ["PROG_NAME", "run_cli", "split_django_options"]
 
 PROG_NAME = "manage.py s3sync"
 
+#: Django's own options (BaseCommand's, less ``--version``), which take a value.
+_DJANGO_VALUE_OPTIONS = frozenset({"--settings", "--pythonpath", "--verbosity", "-v"})
+#: ... and which do not (``--debug`` is this command's: the same as ``--traceback``).
+_DJANGO_FLAGS = frozenset({"--traceback", "--no-color", "--force-color", "--skip-checks", "--debug"})
 
-def run_cli(args: Sequence[str], *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+
+def split_django_options(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(django_options, s3sync_args)``: Django's options taken from anywhere in ``args``.
+
+    ``manage.py s3sync sync --settings=shop.settings`` works like ``--settings`` given first;
+    everything else (``--env-file``, ``--version``, ``--help``...) is the ``s3sync`` command line's,
+    in its order. After ``--``, everything is the command line's.
+
+    >>> split_django_options(["--env-file", "x", "config", "--settings", "shop.settings", "-v2"])
+    (['--settings', 'shop.settings', '-v2'], ['--env-file', 'x', 'config'])
+    """
+    django: list[str] = []
+    rest: list[str] = []
+    items = iter(args)
+    for arg in items:
+        if arg == "--":
+            rest.extend(items)
+            break
+        name, eq, _ = arg.partition("=")
+        if name in _DJANGO_VALUE_OPTIONS:
+            django.append(arg)
+            if not eq:
+                value = next(items, None)
+                if value is not None:
+                    django.append(value)
+        elif arg in _DJANGO_FLAGS or (arg.startswith("-v") and arg[2:].isdigit()):
+            django.append(arg)
+        else:
+            rest.append(arg)
+    return django, rest
+
+
+def run_cli(
+    args: Sequence[str],
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    subscribers: Sequence[Subscriber] = (),
+) -> int:
     """Run ``s3sync ARGS`` with the project's settings and return its exit code (0, 1, 2, 130).
 
-    ``stdout``/``stderr`` (e.g. from ``call_command(..., stdout=buf)``) receive the command's output.
+    ``stdout``/``stderr`` (e.g. from ``call_command(..., stdout=buf)``) receive the command's output;
+    ``subscribers`` are told of every file's outcome by ``run`` and ``sync`` (the Django signals).
+    No arguments prints the help and is not an error.
     """
-    from s3sync.cli import app  # typer, rich and the service: only when a command actually runs
+    from s3sync.cli import Host, app  # typer, rich and the service: only when a command actually runs
 
+    args = list(args) or ["--help"]
     command = typer.main.get_command(app)
     with contextlib.ExitStack() as stack:
         stack.enter_context(_environment(environment_for()))
@@ -43,7 +89,7 @@ def run_cli(args: Sequence[str], *, stdout: TextIO | None = None, stderr: TextIO
             stack.enter_context(contextlib.redirect_stderr(stderr))
         try:
             # standalone_mode: the exact path of the `s3sync` script, whose every ending is SystemExit.
-            command.main(args=list(args), prog_name=PROG_NAME, standalone_mode=True)
+            command.main(args=args, prog_name=PROG_NAME, standalone_mode=True, obj=Host(tuple(subscribers)))
         except SystemExit as exc:
             return _exit_code(exc.code)
     return 0
