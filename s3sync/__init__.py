@@ -33,6 +33,7 @@ from s3sync.errors import (
     TransferError,
     UnsafeKeyError,
     UploadError,
+    WriteConflictError,
 )
 from s3sync.resource import Resource
 from s3sync.settings import Settings, load_settings
@@ -66,6 +67,7 @@ __all__ = [
     "UnsafeKeyError",
     "UploadError",
     "UploadResult",
+    "WriteConflictError",
     "__version__",
     "load_settings",
 ]

@@ -160,6 +160,8 @@ class TransportCore:
         self._orphan_suspects: set[str] = set()
         self._active_uploads: set[str] = set()
         self._lock = threading.Lock()
+        #: Whether the server honours If-None-Match / If-Match (probed on the first upload; None: not yet).
+        self._conditional: bool | None = None
         #: ACL and Cache-Control of every object this transport writes (s3sync.publish).
         self._object_headers = publish.object_headers(self.settings)
 

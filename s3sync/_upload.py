@@ -44,7 +44,8 @@ from s3sync._core import (
 )
 from s3sync._requests import RequestFailed
 from s3sync._s3client import error_code, translate
-from s3sync.errors import FileChangedError, IntegrityError, UploadError
+from s3sync.errors import FileChangedError, IntegrityError, UploadError, WriteConflictError
+from s3sync.plan import PROBE_SEGMENT
 from s3sync.resource import Resource
 from s3sync.sourcefile import SourceFile
 
@@ -118,6 +119,79 @@ class Uploads(TransportCore):
     def _remote(self, key: str, remote: RemoteObject | _Unknown | None) -> RemoteObject | None:
         return self.head(key) if isinstance(remote, _Unknown) else remote
 
+    # --- conditional writes: no writer overwrites another's new version unseen ----------------
+    def _conditions(self, known: RemoteObject | None) -> dict[str, str]:
+        """``If-None-Match: *`` when the key was absent, ``If-Match: <ETag>`` for the version we saw.
+
+        Nothing when the server ignores conditions (probed once), when S3_CONDITIONAL_WRITES=off,
+        or with S3_UPLOAD_ON_CONFLICT=overwrite (the last writer wins, on purpose).
+        """
+        if self.settings.upload_on_conflict == "overwrite" or not self.conditional_writes():
+            return {}
+        if known is None:
+            return {"If-None-Match": "*"}
+        return {"If-Match": f'"{known.etag}"'} if known.etag else {}
+
+    def conditional_writes(self) -> bool:
+        """Whether uploads carry conditions: S3_CONDITIONAL_WRITES, or (auto) what the probe found."""
+        mode = self.settings.conditional_writes
+        if mode != "auto":
+            return mode == "on"
+        with self._lock:
+            known = self._conditional
+        if known is not None:
+            return known
+        found = self._probe_conditional_writes()
+        if found is None:
+            return False  # the probe could not finish: tried again at the next upload
+        with self._lock:
+            first = self._conditional is None
+            self._conditional = found
+        if first and not found:
+            log.warning(
+                "upload.conditional_writes_unsupported",
+                bucket=self.bucket,
+                reason="the server ignores If-None-Match: uploads from several hosts to one key are last-writer-wins",
+            )
+        return found
+
+    def _probe_conditional_writes(self) -> bool | None:
+        """Create a probe object twice with ``If-None-Match: *``: a server that honours it refuses the second.
+
+        True: honoured; False: ignored or not implemented; None: the probe could not tell (the
+        endpoint failed). The probe lives under a reserved prefix no mirror copies, and is deleted.
+        """
+        key = f"{PROBE_SEGMENT}/conditional-{secrets.token_hex(8)}"
+        headers = {"Content-MD5": _b64(hashlib.md5(b"", usedforsecurity=False).digest()), "If-None-Match": "*"}
+        try:
+            self.requests.put(key, b"", headers)
+        except RequestFailed as exc:
+            return False if exc.status in {400, 501} else None
+        try:
+            self.requests.put(key, b"", headers)
+        except RequestFailed as exc:
+            return True if _precondition_failed(exc) else (False if exc.status in {400, 501} else None)
+        else:
+            return False  # created twice: the condition was ignored
+        finally:
+            with contextlib.suppress(*_REQUEST_ERRORS):
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def _written_meanwhile(
+        self, res: Resource, path: Path, size: int, sha256: str, md5: str | None, *, multipart: bool
+    ) -> UploadResult:
+        """A refused condition: the same bytes are there already (fine), or another writer's (a conflict)."""
+        now = self.head(res.key)
+        if now is not None and now.same_content(size, sha256, md5):
+            return UploadResult(res.key, path, 0, sha256, now.etag, True, multipart, 0)
+        raise WriteConflictError(
+            f"PUT s3://{self.bucket}/{res.key}: another writer created or changed the key while this file was "
+            "uploaded; nothing was overwritten",
+            bucket=self.bucket,
+            key=res.key,
+            code="PreconditionFailed",
+        )
+
     def _put_small(
         self, src: SourceFile, path: Path, res: Resource, remote: RemoteObject | _Unknown | None
     ) -> UploadResult:
@@ -131,15 +205,19 @@ class Uploads(TransportCore):
             known = self.head(res.key)  # listing said "same size" but cannot tell content: ask for metadata
         if known is not None and known.same_content(len(data), sha, md5.hexdigest()):
             return UploadResult(res.key, path, 0, sha, known.etag, True, False, 0)
+        conditions = self._conditions(known)
         headers = {
             "Content-MD5": _b64(md5.digest()),
             "Content-Type": content_type_for(res.name),
             f"x-amz-meta-{META_SHA256}": sha,
             **self._object_headers,
+            **conditions,
         }
         try:
             reply = self.requests.put(res.key, data, headers)
         except _REQUEST_ERRORS as exc:
+            if conditions and _precondition_failed(exc):
+                return self._written_meanwhile(res, path, len(data), sha, md5.hexdigest(), multipart=False)
             raise translate(exc, action="PUT", bucket=self.bucket, key=res.key, kind=UploadError) from exc
         etag = reply.etag
         if _is_md5_etag(etag) and etag != md5.hexdigest():
@@ -206,7 +284,9 @@ class Uploads(TransportCore):
         with self._lock:
             self._active_uploads.add(upload_id)
         try:
-            return self._send_parts(src, path, res, sha.sha256, size, chunk, nparts, upload_id, progress)
+            return self._send_parts(
+                src, path, res, sha.sha256, size, chunk, nparts, upload_id, progress, self._conditions(known)
+            )
         finally:
             with self._lock:
                 self._active_uploads.discard(upload_id)
@@ -254,6 +334,7 @@ class Uploads(TransportCore):
         nparts: int,
         upload_id: str,
         progress: Callable[[], None] | None,
+        conditions: Mapping[str, str] | None = None,
     ) -> UploadResult:
         def send_part(number: int) -> tuple[int, str, bytes]:
             if self._closed.is_set():
@@ -281,6 +362,7 @@ class Uploads(TransportCore):
                 Key=res.key,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": n, "ETag": f'"{e}"'} for n, e, _ in parts]},
+                **_complete_params(conditions or {}),  # type: ignore[arg-type]
             )
         except BaseException as exc:
             for fut in futures:
@@ -288,6 +370,8 @@ class Uploads(TransportCore):
             # Only futures that started can be waited for: a cancelled one never wakes wait().
             wait([f for f in futures if not f.cancelled()], timeout=self.settings.read_timeout)
             self._abort(res.key, upload_id)
+            if conditions and isinstance(exc, _REQUEST_ERRORS) and _precondition_failed(exc):
+                return self._written_meanwhile(res, path, size, sha256, None, multipart=True)
             if isinstance(exc, _REQUEST_ERRORS):
                 raise translate(exc, action="multipart PUT", bucket=self.bucket, key=res.key, kind=UploadError) from exc
             raise
@@ -319,3 +403,15 @@ class Uploads(TransportCore):
     def abort_multipart(self, key: str, upload_id: str) -> bool:
         """Abort one multipart upload (one a crashed run left open); True when it is gone."""
         return self._abort(key, upload_id)
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """A 412: the server refused a conditional write (If-None-Match / If-Match)."""
+    code, status = error_code(exc) if isinstance(exc, Exception) else ("", 0)
+    return status == 412 or code == "PreconditionFailed"
+
+
+def _complete_params(conditions: Mapping[str, str]) -> dict[str, str]:
+    """Upload conditions as CompleteMultipartUpload's parameters (IfNoneMatch / IfMatch)."""
+    names = {"if-none-match": "IfNoneMatch", "if-match": "IfMatch"}
+    return {names[k.lower()]: v for k, v in conditions.items() if k.lower() in names}

@@ -13,7 +13,8 @@ knows the exit code the command line maps it to (``1``: an item failed,
     ├── ListingError                 exit 1   a listing cannot be complete (truncated without a token, a key twice...)
     ├── TransferError                exit 1   an upload or download failed
     │   ├── UploadError
-    │   │   └── AclNotSupportedError exit 2   the bucket refuses ACLs (S3_DEFAULT_ACL): use a bucket policy
+    │   │   ├── AclNotSupportedError exit 2   the bucket refuses ACLs (S3_DEFAULT_ACL): use a bucket policy
+    │   │   └── WriteConflictError            another writer changed the key between our look and our write
     │   ├── DownloadError
     │   └── IntegrityError                    bytes on one side differ from the other
     ├── LocalFileError               exit 1   a local file vanished, is unreadable, or cannot be written
@@ -51,6 +52,7 @@ __all__ = [
     "TransferError",
     "UnsafeKeyError",
     "UploadError",
+    "WriteConflictError",
 ]
 
 
@@ -124,6 +126,14 @@ class TransferError(S3SyncError):
 
 class UploadError(TransferError):
     """An upload did not complete."""
+
+
+class WriteConflictError(UploadError):
+    """A conditional write was refused (412): another writer created or changed the key meanwhile.
+
+    The upload sent ``If-None-Match: *`` (the key was absent) or ``If-Match: <ETag>`` (the version
+    we saw); the server had something else by then. Nothing was overwritten.
+    """
 
 
 class AclNotSupportedError(UploadError):

@@ -20,6 +20,7 @@ from s3sync.paths import TEMP_PREFIX, is_directory_marker, key_to_relpath
 __all__ = [
     "IGNORED_PATTERNS",
     "LOCAL_CHANGE_POLICIES",
+    "PROBE_SEGMENT",
     "VERDICT_STATUSES",
     "WRITER_GRACE_SECONDS",
     "LocalContent",
@@ -48,6 +49,10 @@ IGNORED_PATTERNS = (".*", "*.part", "*.tmp", "*.crdownload", "*~", "*.swp", f"{T
 
 
 _IGNORED = re.compile("|".join(fnmatch.translate(pat) for pat in IGNORED_PATTERNS))
+
+
+#: Folder of the probe objects s3sync writes and deletes again (conditional writes): never mirrored.
+PROBE_SEGMENT = ".s3sync-probe"
 
 
 def is_ignored_name(name: str) -> bool:

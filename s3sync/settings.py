@@ -235,6 +235,11 @@ class Settings(BaseSettings):
         "keep",
         description="A file whose key another path owns with other content: keep it in place (conflict) or overwrite.",
     )
+    conditional_writes: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="If-None-Match/If-Match on uploads, so that no writer overwrites another's new version "
+        "unseen: auto (probed once per endpoint), on, off.",
+    )
     done_dir: Path | None = None
     state_path: Path = Field(default_factory=lambda: _default_root("state") / "state.db")
     rescan_interval: float = Field(60.0, gt=0, le=86400)

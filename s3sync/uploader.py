@@ -40,6 +40,7 @@ from s3sync.errors import (
     NotRegularFileError,
     S3SyncError,
     StateError,
+    WriteConflictError,
 )
 from s3sync.localfs import FileHashes, lstat_under, move_no_replace, open_dir_under, rename_no_replace
 from s3sync.openfiles import OpenWriters
@@ -549,7 +550,14 @@ class Uploader:
                 return
             log.info("upload.started", path=rel, key=res.key, bytes=local.size, attempt=item.attempt + 1)
             remote = item.remote if isinstance(item.remote, RemoteObject) or item.remote is None else UNKNOWN
-            result = self.transport.upload(path, remote=remote, change_retries=1, progress=lambda: self._tick(rel))
+            try:
+                result = self.transport.upload(path, remote=remote, change_retries=1, progress=lambda: self._tick(rel))
+            except WriteConflictError:
+                # Another writer (another host) created or changed the key while this file was sent:
+                # the same verdict as two paths of one folder mapping to one key. Nothing was overwritten.
+                now, hashes = read_hashes(path, md5=False, root=self.root)
+                self._conflict(item, res.key, now, hashes.sha256, "another writer (the key changed during the upload)")
+                return
             self._record(rel, result)
         finally:
             with self._cond:
