@@ -37,6 +37,8 @@ _SERVER_ERRORS = {
     "AWS_ERROR_S3_SLOW_DOWN": (503, "SlowDown"),
     "AWS_ERROR_S3_INTERNAL_ERROR": (500, "InternalError"),
 }
+#: Bytes per second a request body is allowed to take on its way out before the request is given up.
+_SLOWEST_SEND = 64 * 1024
 #: The code given to an answer awscrt refuses to stream because it has no ETag.
 _MISSING_ETAG = "s3sync.MissingETag"
 #: How long a failed TLS handshake fails the requests that follow without trying (seconds).
@@ -250,7 +252,11 @@ class CrtRequests:
         answer.request = pending
         if answer.failed is not None:  # failed before the request was known: cancel it now
             pending.cancel()
-        return answer.wait(pending.finished_future, operation, self._read_timeout)
+        # Silence longer than S3_READ_TIMEOUT ends the request, as a socket timeout would; a body
+        # being sent may take its time on a slow link (the CRT reports no progress for it), at
+        # 64 KiB/s at least.
+        idle = self._read_timeout + (len(body) / _SLOWEST_SEND if body else 0.0)
+        return answer.wait(pending.finished_future, operation, idle)
 
 
 class _Answer:
