@@ -18,6 +18,7 @@ from s3sync.errors import UnsafeKeyError
 from s3sync.paths import TEMP_PREFIX, is_directory_marker, key_to_relpath
 
 __all__ = [
+    "EVENTS_CHECK_SEGMENT",
     "IGNORED_PATTERNS",
     "LOCAL_CHANGE_POLICIES",
     "VERDICT_STATUSES",
@@ -33,6 +34,7 @@ __all__ = [
     "backoff_delay",
     "download_range_size",
     "holds_object",
+    "is_events_check_key",
     "is_ignored_name",
     "is_md5_etag",
     "plan_checked",
@@ -53,6 +55,21 @@ _IGNORED = re.compile("|".join(fnmatch.translate(pat) for pat in IGNORED_PATTERN
 def is_ignored_name(name: str) -> bool:
     """True for hidden and temporary file names (never uploaded, never rejected)."""
     return _IGNORED.match(name) is not None
+
+
+#: Folder of the marker objects ``s3sync events check`` writes and deletes again: never mirrored.
+EVENTS_CHECK_SEGMENT = ".s3sync-events-check"
+
+
+def is_events_check_key(key: str) -> bool:
+    """A marker of ``s3sync events check`` (under any prefix): a probe of the wiring, not content.
+
+    >>> is_events_check_key(".s3sync-events-check/0f3a"), is_events_check_key("art/.s3sync-events-check/0f3a")
+    (True, True)
+    >>> is_events_check_key("art/.s3sync-events-checkout/a.jpg")
+    False
+    """
+    return f"/{EVENTS_CHECK_SEGMENT}/" in f"/{key}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +265,7 @@ def plan_mirror(
     ``CHECK``: its content decides (:func:`plan_checked`). An unchanged object with an
     untouched copy is skipped: no HEAD, no GET.
     """
-    if is_directory_marker(key) and remote.size == 0:
+    if (is_directory_marker(key) and remote.size == 0) or is_events_check_key(key):
         return MirrorDecision(MirrorAction.MARKER)
     try:
         segments = key_to_relpath(key)
