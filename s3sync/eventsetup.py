@@ -182,7 +182,7 @@ class Wanted:
         entry: dict[str, Any] = {"Id": config_id(self.target), _KINDS[self.kind]: str(self.target)}
         entry["Events"] = list(self.events)
         if self.prefix:
-            entry["Filter"] = {"Key": {"FilterRules": [{"Name": "Prefix", "Value": _encode_filter(self.prefix)}]}}
+            entry["Filter"] = {"Key": {"FilterRules": [{"Name": "prefix", "Value": _encode_filter(self.prefix)}]}}
         return entry
 
 

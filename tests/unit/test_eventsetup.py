@@ -124,7 +124,7 @@ def test_topic_mode_writes_a_topic_entry_with_an_encoded_prefix():
     assert plan.config is not None
     entry = plan.config["TopicConfigurations"][0]
     assert entry["TopicArn"] == str(TOPIC)
-    assert entry["Filter"] == {"Key": {"FilterRules": [{"Name": "Prefix", "Value": "my+art/"}]}}
+    assert entry["Filter"] == {"Key": {"FilterRules": [{"Name": "prefix", "Value": "my+art/"}]}}
     assert plan_notifications(plan.config, Wanted(TOPIC, "my art/")).changes == ()
 
 
