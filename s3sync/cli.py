@@ -661,7 +661,7 @@ def events_check(
     with _errors():
         settings = _settings()
         settings.require_bucket()
-        url = queue_url or getattr(settings, "events_queue_url", None)
+        url = queue_url or settings.events_queue_url
         if not url:
             raise ConfigurationError(
                 "S3_EVENTS_QUEUE_URL: not set (or give --queue-url)", setting="S3_EVENTS_QUEUE_URL"

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import unquote_plus, urlsplit
 
 from s3sync.errors import ConfigurationError, EndpointError, NotFoundError, S3SyncError
+from s3sync.events import ChangeKind, EventFormatError, parse_message
 from s3sync.plan import EVENTS_CHECK_SEGMENT
 from s3sync.settings import Settings
 
@@ -55,7 +56,6 @@ __all__ = [
     "Change",
     "CheckResult",
     "EventCheck",
-    "EventRecord",
     "EventSetup",
     "NotificationPlan",
     "OverlapError",
@@ -63,7 +63,6 @@ __all__ = [
     "SetupReport",
     "Wanted",
     "config_id",
-    "event_records",
     "events_overlap",
     "filters_overlap",
     "marker_key",
@@ -383,47 +382,6 @@ def plan_subscription(
     if raw.get(arn, False):
         return SubscriptionPlan(None, arn, ())
     return SubscriptionPlan("set-raw", arn, (Change("set", f"raw message delivery on subscription {arn}"),))
-
-
-# --- pure: reading events -------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class EventRecord:
-    """One S3 event in a queue message: bucket, decoded key, event name (``ObjectCreated:Put``...)."""
-
-    bucket: str
-    key: str
-    name: str
-
-
-def event_records(body: str) -> list[EventRecord]:
-    """The S3 events in one SQS message body: raw S3 JSON, SNS-wrapped, or EventBridge; [] for anything else.
-
-    >>> s3 = {"bucket": {"name": "b"}, "object": {"key": "a+b%2Fc"}}
-    >>> event_records(json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": s3}]}))
-    [EventRecord(bucket='b', key='a b/c', name='ObjectCreated:Put')]
-    """
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return []
-    if isinstance(doc, dict) and doc.get("Type") == "Notification" and isinstance(doc.get("Message"), str):
-        return event_records(doc["Message"])
-    if not isinstance(doc, dict):
-        return []
-    if isinstance(doc.get("detail"), dict) and str(doc.get("detail-type", "")).startswith("Object "):
-        detail = doc["detail"]
-        name = {"Object Created": "ObjectCreated", "Object Deleted": "ObjectRemoved"}.get(doc["detail-type"], "")
-        with contextlib.suppress(KeyError, TypeError):
-            return [EventRecord(str(detail["bucket"]["name"]), str(detail["object"]["key"]), name)]
-        return []
-    found = []
-    for record in doc.get("Records", []) if isinstance(doc.get("Records"), list) else []:
-        with contextlib.suppress(KeyError, TypeError, AttributeError):
-            s3 = record["s3"]
-            found.append(
-                EventRecord(str(s3["bucket"]["name"]), unquote_plus(str(s3["object"]["key"])), str(record["eventName"]))
-            )
-    return found
 
 
 # --- the imperative shell ------------------------------------------------------------------------
@@ -753,20 +711,20 @@ class EventCheck:
             started = self.clock()
             with _calling(f"put s3://{self.bucket}/{key}"):
                 self.s3.put_object(Bucket=self.bucket, Key=key, Body=b"s3sync events check\n")
-            created = self._wait(queue_url, key, "ObjectCreated", started, timeout, held, hold)
+            created = self._wait(queue_url, key, "created", started, timeout, held, hold)
             deleted_at = self.clock()
             with _calling(f"delete s3://{self.bucket}/{key}"):
                 self.s3.delete_object(Bucket=self.bucket, Key=key)
             if created is not None:
-                removed = self._wait(queue_url, key, "ObjectRemoved", deleted_at, timeout, held, hold)
+                removed = self._wait(queue_url, key, "removed", deleted_at, timeout, held, hold)
         finally:
             self._release(queue_url, held)
         return CheckResult(key, created, removed, timeout)
 
     def _wait(
-        self, url: str, key: str, kind: str, since: float, timeout: float, held: dict[str, str], hold: int
+        self, url: str, key: str, kind: ChangeKind, since: float, timeout: float, held: dict[str, str], hold: int
     ) -> float | None:
-        """Seconds from ``since`` until an event ``kind`` of ``key`` arrived (deleted with the marker's others)."""
+        """Seconds from ``since`` until a ``kind`` event of ``key`` arrived (read by :mod:`s3sync.events`; deleted)."""
         deadline = since + timeout
         while (left := deadline - self.clock()) > 0:
             with _calling(f"receive from {url}"):
@@ -778,12 +736,14 @@ class EventCheck:
                 ).get("Messages", [])
             found = False
             for message in got:
-                records = event_records(message.get("Body", ""))
-                mine = [r for r in records if r.bucket == self.bucket and r.key == key]
+                try:
+                    mine = [c for c in parse_message(message.get("Body", ""), self.bucket).changes if c.key == key]
+                except EventFormatError:
+                    mine = []
                 if mine:
                     with _calling(f"delete the marker's event from {url}"):
                         self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-                    found = found or any(r.name.startswith(kind) for r in mine)
+                    found = found or any(c.kind == kind for c in mine)
                 else:
                     held[message["MessageId"]] = message["ReceiptHandle"]
             if found:

@@ -15,11 +15,9 @@ from s3sync.eventsetup import (
     Arn,
     Change,
     CheckResult,
-    EventRecord,
     OverlapError,
     Wanted,
     config_id,
-    event_records,
     events_overlap,
     filters_overlap,
     marker_key,
@@ -332,21 +330,6 @@ def test_arn_round_trip():
     """An ARN prints as it was parsed."""
     assert str(TOPIC) == "arn:aws:sns:us-east-1:111122223333:art"
     assert Arn("aws", "sns", "us-east-1", "111122223333", "art") == TOPIC
-
-
-def test_event_records_in_every_shape():
-    """Raw S3 JSON (key decoded, '+' is a space), SNS-wrapped, EventBridge; test events and junk give nothing."""
-    s3 = {"bucket": {"name": "b"}, "object": {"key": "my+art%2Fa%2Bb.jpg"}}
-    raw = json.dumps({"Records": [{"eventName": "ObjectRemoved:Delete", "s3": s3}]})
-    expected = [EventRecord("b", "my art/a+b.jpg", "ObjectRemoved:Delete")]
-    assert event_records(raw) == expected
-    assert event_records(json.dumps({"Type": "Notification", "Message": raw})) == expected
-    bridge = {"detail-type": "Object Created", "detail": {"bucket": {"name": "b"}, "object": {"key": "a b.jpg"}}}
-    assert event_records(json.dumps(bridge)) == [EventRecord("b", "a b.jpg", "ObjectCreated")]
-    assert event_records(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"})) == []
-    assert event_records("not json") == []
-    assert event_records("[1]") == []
-    assert event_records(json.dumps({"Records": [{"s3": {}}]})) == []
 
 
 def test_region_of_queue_url():
