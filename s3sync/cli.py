@@ -655,7 +655,8 @@ def events_check(
     on the queue that are not the marker's are left for the daemon; a daemon reading the same
     queue may take the marker's event itself, so stop it while checking.
     """
-    from s3sync.eventsetup import EventCheck, make_client, region_of_queue_url
+    from s3sync.eventqueue import make_sqs_client
+    from s3sync.eventsetup import EventCheck
     from s3sync.transport import make_client as make_s3_client
 
     with _errors():
@@ -666,7 +667,7 @@ def events_check(
             raise ConfigurationError(
                 "S3_EVENTS_QUEUE_URL: not set (or give --queue-url)", setting="S3_EVENTS_QUEUE_URL"
             )
-        sqs = make_client(settings, "sqs", region=settings.region or region_of_queue_url(url))
+        sqs = make_sqs_client(settings.model_copy(update={"events_queue_url": url}))  # the daemon's client
         result = EventCheck(settings, s3=make_s3_client(settings), sqs=sqs).run(url, timeout=timeout)
         if not result.passed:
             err.print(f"s3sync: {result.line()}", markup=False, highlight=False)

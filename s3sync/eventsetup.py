@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import unquote_plus
 
 from s3sync.errors import ConfigurationError, EndpointError, NotFoundError, S3SyncError
 from s3sync.events import ChangeKind, EventFormatError, parse_message
@@ -71,7 +71,6 @@ __all__ = [
     "plan_policy",
     "plan_subscription",
     "queue_statement",
-    "region_of_queue_url",
     "topic_statement",
     "validate_queue_name",
 ]
@@ -442,13 +441,6 @@ def _calling(action: str) -> Iterator[None]:
         raise EndpointError(f"{action}: endpoint unreachable ({type(exc).__name__})") from exc
     except botocore.exceptions.BotoCoreError as exc:
         raise S3SyncError(f"{action}: {type(exc).__name__}: {exc}") from exc
-
-
-def region_of_queue_url(url: str) -> str | None:
-    """``us-east-1`` from ``https://sqs.us-east-1.amazonaws.com/123/q``; None for other hosts."""
-    host = urlsplit(url).hostname or ""
-    parts = host.split(".")
-    return parts[1] if len(parts) >= 4 and parts[0] == "sqs" and parts[-2:] == ["amazonaws", "com"] else None
 
 
 def make_client(settings: Settings, service: str, *, region: str | None = None) -> Any:

@@ -26,7 +26,6 @@ from s3sync.eventsetup import (
     plan_policy,
     plan_subscription,
     queue_statement,
-    region_of_queue_url,
     topic_statement,
     validate_queue_name,
 )
@@ -330,12 +329,6 @@ def test_arn_round_trip():
     """An ARN prints as it was parsed."""
     assert str(TOPIC) == "arn:aws:sns:us-east-1:111122223333:art"
     assert Arn("aws", "sns", "us-east-1", "111122223333", "art") == TOPIC
-
-
-def test_region_of_queue_url():
-    """The region is read from an AWS queue URL; other hosts (emulators) say nothing."""
-    assert region_of_queue_url("https://sqs.eu-west-1.amazonaws.com/1/q") == "eu-west-1"
-    assert region_of_queue_url("http://127.0.0.1:5000/1/q") is None
 
 
 def test_marker_is_never_mirrored():
