@@ -36,6 +36,7 @@ import structlog
 from s3sync.errors import ConfigurationError, EndpointError
 from s3sync.events import Change, EventFormatError, newest_per_key, parse_message, verdict
 from s3sync.mirror import Mirror
+from s3sync.plan import is_events_check_key
 from s3sync.settings import Settings
 from s3sync.state import State
 
@@ -218,7 +219,7 @@ class BatchReport:
     #: Keys brought in step with the bucket (downloaded, deleted, or found already in step).
     applied: int = 0
     #: Changes not applied: duplicates, older than the state's, superseded in the batch, test events,
-    #: other buckets or kinds, keys outside the mirror prefix.
+    #: other buckets or kinds, keys outside the mirror prefix, ``events check`` markers.
     ignored: int = 0
     #: Keys that failed, plus malformed messages.
     failed: int = 0
@@ -293,7 +294,7 @@ class EventConsumer:
         todo: dict[str, Change] = {}
         for key, change in newest.items():
             why = verdict(change, stored.get(key))
-            if why == "apply" and key.startswith(self.settings.mirror_prefix):
+            if why == "apply" and key.startswith(self.settings.mirror_prefix) and not is_events_check_key(key):
                 todo[key] = change
             else:
                 log.debug("events.ignored", key=key, reason=why, sequencer=change.sequencer, held=stored.get(key))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -129,7 +130,7 @@ def test_create_overwrite_and_delete_reach_the_mirror_through_the_queue(aws, mot
     """With polling effectively off, a PUT, a second PUT and a DELETE reach the mirror folder through SQS."""
     url, arn = aws.queue()
     aws.notify_queue(moto_bucket, arn)
-    settings = events_settings(events_queue_url=url)
+    settings = events_settings(events_queue_url=url, metrics_addr="127.0.0.1:0")
     key = "BACKGROUND/red flower+1.jpg"  # arrives as "BACKGROUND%2Fred+flower%2B1.jpg"
     local = settings.local_path / "BACKGROUND" / "red flower+1.jpg"
     with captured_events() as events, running(settings) as service:
@@ -147,6 +148,14 @@ def test_create_overwrite_and_delete_reach_the_mirror_through_the_queue(aws, mot
         assert service.status_snapshot()["mirror_mode"] == "events"
         healthy, details = service.health()
         assert healthy, details
+        assert service.metrics_server is not None
+        page = urllib.request.urlopen(f"http://{service.metrics_server.address}/metrics", timeout=5).read().decode()
+    metrics = {line.split(" ")[0]: float(line.split(" ")[1]) for line in page.splitlines() if line[:1] != "#"}
+    assert metrics['s3sync_events_total{outcome="applied"}'] == 3
+    assert metrics['s3sync_events_total{outcome="ignored"}'] >= 1  # the s3:TestEvent
+    assert 0 <= metrics["s3sync_events_queue_lag_seconds"] < 10
+    assert metrics["s3sync_events_queue_reachable"] == 1
+    assert metrics["s3sync_last_reconcile_differences"] == 0
     # One full listing only (at start): every change came through the queue.
     assert len(reconciled(events)) == 1
     assert len(events_named(events, "mirror.completed")) == 1
