@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BatchReport",
     "EventConsumer",
+    "EventsSchedule",
     "EventsSubscriber",
     "QueueMessage",
     "QueueUnreachableError",
@@ -60,6 +61,75 @@ _BATCH = 10  # SQS's most per ReceiveMessage / DeleteMessageBatch
 #: How long a received message stays invisible to other receives; extended while downloads progress.
 VISIBILITY_TIMEOUT = 120
 _SQS_HOST = re.compile(r"sqs\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?|([a-z0-9-]+)\.queue\.amazonaws\.com(\.cn)?")
+
+
+@dataclass
+class EventsSchedule:
+    """When the event mirror reconciles, polls, or reads the queue: a value, no thread, no clock.
+
+    A full listing at start and every ``reconcile_interval`` (sooner, at ``poll_interval``,
+    when one could not be completed); the queue in between. While the queue is unreachable, a
+    polling pass every ``poll_interval``, and the queue looked at again with backoff (1 s
+    doubling, at most ``retry_cap`` and ``poll_interval``).
+
+    >>> s = EventsSchedule(reconcile_interval=3600, poll_interval=60)
+    >>> s.next_step(0.0)
+    ('reconcile', 0.0)
+    >>> s.reconciled(5.0, complete=True); s.next_step(6.0)
+    ('receive', 0.0)
+    >>> s.queue_failed(7.0), s.next_step(7.5), s.next_step(8.0)
+    (True, ('wait', 0.5), ('receive', 0.0))
+    >>> s.queue_failed(8.0), s.next_step(70.0)
+    (False, ('poll', 0.0))
+    """
+
+    reconcile_interval: float
+    poll_interval: float
+    retry_cap: float = 30.0
+    #: The queue cannot be reached: the bucket is polled.
+    down: bool = False
+    next_reconcile: float = 0.0
+    next_poll: float = 0.0
+    next_probe: float = 0.0
+    backoff: float = 0.0
+
+    def next_step(self, now: float) -> tuple[str, float]:
+        """``(what, wait)``: ``reconcile``, ``poll`` or ``receive`` now, or ``wait`` that many seconds."""
+        if now >= self.next_reconcile:
+            return "reconcile", 0.0
+        if not self.down:
+            return "receive", 0.0
+        if now >= self.next_poll:
+            return "poll", 0.0
+        if now >= self.next_probe:
+            return "receive", 0.0
+        return "wait", min(self.next_probe, self.next_poll, self.next_reconcile) - now
+
+    def reconciled(self, now: float, *, complete: bool) -> None:
+        """A full listing ended at ``now`` (``complete``: it listed everything)."""
+        wait = self.reconcile_interval if complete else min(self.reconcile_interval, self.poll_interval)
+        self.next_reconcile = now + wait
+        self.next_poll = now + self.poll_interval
+
+    def polled(self, now: float) -> None:
+        """A polling pass ended at ``now``."""
+        self.next_poll = now + self.poll_interval
+
+    def queue_failed(self, now: float) -> bool:
+        """The queue did not answer; True when it just went down (say so, once)."""
+        self.backoff = min(self.retry_cap, self.poll_interval, max(1.0, self.backoff * 2))
+        self.next_probe = now + self.backoff
+        if self.down:
+            return False
+        self.down = True
+        self.next_poll = now + self.poll_interval
+        return True
+
+    def queue_answered(self) -> bool:
+        """The queue answered; True when it just came back."""
+        self.backoff = 0.0
+        back, self.down = self.down, False
+        return back
 
 
 class QueueUnreachableError(EndpointError):

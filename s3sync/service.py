@@ -24,7 +24,14 @@ import structlog
 
 from s3sync import __version__, preflight
 from s3sync.errors import S3SyncError
-from s3sync.eventqueue import BatchReport, EventConsumer, QueueUnreachableError, SqsQueue, make_sqs_client
+from s3sync.eventqueue import (
+    BatchReport,
+    EventConsumer,
+    EventsSchedule,
+    QueueUnreachableError,
+    SqsQueue,
+    make_sqs_client,
+)
 from s3sync.health import HealthSnapshot, assess
 from s3sync.localfs import sweep_temp_files
 from s3sync.lock import StateLock
@@ -419,11 +426,14 @@ class Service:
         self.metrics.mirror_completed(report.complete)
         return report
 
-    def _reconcile(self, mirror: Mirror, stop: threading.Event) -> None:
-        """The event mirror's full listing: what the queue lost (S3 events are best-effort) is found here."""
+    def _reconcile(self, mirror: Mirror, stop: threading.Event) -> bool:
+        """The event mirror's full listing: what the queue lost (S3 events are best-effort) is found here.
+
+        False when the listing could not be completed (it is tried again at the polling interval).
+        """
         report = self._mirror_pass(mirror, stop)
         if report is None or stop.is_set():
-            return
+            return False
         differences = report.downloaded + report.deleted
         self.metrics.reconciled(differences)
         log.info(
@@ -439,6 +449,7 @@ class Service:
             self.state.prune_sequencers(time.time() - _SEQUENCER_KEEP)
         except S3SyncError as exc:
             log.warning("events.prune_failed", error=str(exc))
+        return report.complete
 
     def _events_loop(self, stop: threading.Event) -> None:
         """The event mirror: a full listing at start and every ``S3_MIRROR_RECONCILE_INTERVAL``, the
@@ -448,48 +459,43 @@ class Service:
         assert mirror is not None
         assert consumer is not None
         settings = self.settings
-        next_reconcile = 0.0  # at start
-        next_poll = next_probe = 0.0
-        backoff = 0.0
+        schedule = EventsSchedule(settings.mirror_reconcile_interval, settings.mirror_interval, _QUEUE_RETRY_CAP)
         while not stop.is_set():
-            self._mirror_heartbeat = now = time.monotonic()
-            if now >= next_reconcile:
-                self._reconcile(mirror, stop)
-                next_reconcile = time.monotonic() + settings.mirror_reconcile_interval
-                next_poll = time.monotonic() + settings.mirror_interval
-                continue
-            down = self._queue_down_since is not None
-            if down and now >= next_poll:
+            self._mirror_heartbeat = time.monotonic()
+            step, wait = schedule.next_step(time.monotonic())
+            if step == "reconcile":
+                complete = self._reconcile(mirror, stop)
+                schedule.reconciled(time.monotonic(), complete=complete)
+            elif step == "poll":
                 self._mirror_pass(mirror, stop)
-                next_poll = time.monotonic() + settings.mirror_interval
-                continue
-            if down and now < next_probe:
-                stop.wait(min(1.0, max(0.0, min(next_probe, next_poll, next_reconcile) - now)))
-                continue
-            try:
-                consumer.poll_once()
-            except QueueUnreachableError as exc:
-                self.metrics.queue_unreachable()
-                backoff = min(_QUEUE_RETRY_CAP, settings.mirror_interval, max(1.0, backoff * 2))
-                next_probe = time.monotonic() + backoff
-                if self._queue_down_since is None:
-                    self._queue_down_since = time.time()
-                    next_poll = time.monotonic() + settings.mirror_interval
-                    log.warning(
-                        "events.queue_unreachable",
-                        error=str(exc),
-                        fallback="polling the bucket every S3_MIRROR_INTERVAL",
-                        interval_s=settings.mirror_interval,
-                    )
-                continue
-            except Exception as exc:  # one bad batch must not end the loop: its messages come back
-                log.exception("events.failed", error=f"{type(exc).__name__}: {exc}")
-                stop.wait(1.0)
-                continue
-            backoff = 0.0
-            if self._queue_down_since is not None:
-                log.info("events.queue_back", down_s=int(time.time() - self._queue_down_since), mode="events")
-                self._queue_down_since = None
+                schedule.polled(time.monotonic())
+            elif step == "wait":
+                stop.wait(min(1.0, wait))
+            else:
+                self._receive(consumer, schedule, stop)
+
+    def _receive(self, consumer: EventConsumer, schedule: EventsSchedule, stop: threading.Event) -> None:
+        """One batch from the queue; an unreachable queue switches to polling (one event), an answer back."""
+        try:
+            consumer.poll_once()
+        except QueueUnreachableError as exc:
+            self.metrics.queue_unreachable()
+            if schedule.queue_failed(time.monotonic()):
+                self._queue_down_since = time.time()
+                log.warning(
+                    "events.queue_unreachable",
+                    error=str(exc),
+                    fallback="polling the bucket every S3_MIRROR_INTERVAL",
+                    interval_s=self.settings.mirror_interval,
+                )
+            return
+        except Exception as exc:  # one bad batch must not end the loop: its messages come back
+            log.exception("events.failed", error=f"{type(exc).__name__}: {exc}")
+            stop.wait(1.0)
+            return
+        if schedule.queue_answered() and self._queue_down_since is not None:
+            log.info("events.queue_back", down_s=int(time.time() - self._queue_down_since), mode="events")
+        self._queue_down_since = None
 
     def _mirror_beat(self) -> None:
         if self.mirror is not None and self._mirror_thread is not None and self._mirror_thread.is_alive():

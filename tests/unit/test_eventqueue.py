@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 
-from s3sync.eventqueue import QueueMessage, _VisibilityKeeper, make_sqs_client, queue_region
+from s3sync.eventqueue import EventsSchedule, QueueMessage, _VisibilityKeeper, make_sqs_client, queue_region
 from s3sync.settings import Settings
 
 
@@ -55,3 +56,42 @@ def test_a_hung_download_lets_the_messages_go():
     with _VisibilityKeeper(queue, [QueueMessage("1", "r1", "{}")], mirror):  # type: ignore[arg-type]
         time.sleep(1.5)
     assert queue.extended == []
+
+
+def test_schedule_reconciles_at_start_and_polls_only_while_the_queue_is_down():
+    """A listing at start and every reconcile interval; passes at the poll interval only during an outage."""
+    s = EventsSchedule(reconcile_interval=100.0, poll_interval=10.0, retry_cap=30.0)
+    steps = []
+    now = 0.0
+    down = (20.0, 50.0)  # the queue does not answer between these times
+    while now < 130.0:
+        step, wait = s.next_step(now)
+        steps.append((now, step))
+        if step == "reconcile":
+            s.reconciled(now, complete=True)
+        elif step == "poll":
+            s.polled(now)
+        elif step == "receive":
+            if down[0] <= now < down[1]:
+                s.queue_failed(now)
+            else:
+                s.queue_answered()
+            now += 1.0  # a long poll
+        else:
+            assert wait > 0
+            now += wait
+    polls = [t for t, step in steps if step == "poll"]
+    reconciles = [t for t, step in steps if step == "reconcile"]
+    assert reconciles == [0.0, 100.0]
+    assert polls
+    assert all(down[0] + 10.0 <= t <= down[1] + 10.0 for t in polls)
+    assert all(b - a >= 10.0 for a, b in itertools.pairwise(polls))
+    assert not s.down
+
+
+def test_an_incomplete_listing_is_tried_again_at_the_poll_interval():
+    """A reconciliation whose listing failed does not wait six hours for the next one."""
+    s = EventsSchedule(reconcile_interval=21600.0, poll_interval=60.0)
+    s.reconciled(0.0, complete=False)
+    assert s.next_step(59.0) == ("receive", 0.0)
+    assert s.next_step(60.0) == ("reconcile", 0.0)
