@@ -226,6 +226,10 @@ class SqsQueue:
         self.wait_seconds = wait_seconds
         self.visibility_timeout = visibility_timeout
 
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
     def receive(self) -> list[QueueMessage]:
         """Up to 10 messages, waiting up to ``wait_seconds`` for the first (raises QueueUnreachableError)."""
         try:

@@ -609,6 +609,8 @@ class Service:
             clean = uploader.stop(timeout=settings.shutdown_timeout)
             if self._mirror_thread is not None:
                 self._mirror_thread.join(timeout=max(1.0, settings.shutdown_timeout))
+            if self.events is not None and not (self._mirror_thread and self._mirror_thread.is_alive()):
+                self.events.queue.close()
             if server is not None:
                 server.stop()
             self._save_status()
