@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import botocore.exceptions
 import structlog
 
-from s3sync.errors import ConfigurationError, EndpointError
+from s3sync.errors import ConfigurationError, QueueUnreachableError
 from s3sync.events import Change, EventFormatError, newest_per_key, parse_message, verdict
 from s3sync.mirror import Mirror
 from s3sync.plan import is_events_check_key
@@ -49,7 +49,6 @@ __all__ = [
     "EventsSchedule",
     "EventsSubscriber",
     "QueueMessage",
-    "QueueUnreachableError",
     "SqsQueue",
     "make_sqs_client",
     "queue_region",
@@ -130,10 +129,6 @@ class EventsSchedule:
         self.backoff = 0.0
         back, self.down = self.down, False
         return back
-
-
-class QueueUnreachableError(EndpointError):
-    """The events queue cannot be reached or refuses us (the mirror then polls the bucket)."""
 
 
 def queue_region(url: str) -> str | None:

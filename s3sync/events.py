@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import unquote_plus
 
-from s3sync.errors import S3SyncError
+from s3sync.errors import EventFormatError
 
 __all__ = [
     "Change",
@@ -58,10 +58,6 @@ Verdict = Literal["apply", "duplicate", "stale"]
 _HEX = re.compile(r"[0-9A-Fa-f]{1,64}")
 #: S3 event names (``s3:`` dropped) that remove the current version of a key.
 _REMOVED_PREFIXES = ("ObjectRemoved:", "LifecycleExpiration:")
-
-
-class EventFormatError(S3SyncError, ValueError):
-    """A queue message that is not an S3 event notification in any shape s3sync knows."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,12 +23,11 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from s3sync import __version__, preflight
-from s3sync.errors import S3SyncError
+from s3sync.errors import QueueUnreachableError, S3SyncError
 from s3sync.eventqueue import (
     BatchReport,
     EventConsumer,
     EventsSchedule,
-    QueueUnreachableError,
     SqsQueue,
     make_sqs_client,
 )
