@@ -18,6 +18,7 @@ listed: only keys absent from a complete listing are deletion candidates.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import stat
@@ -114,6 +115,8 @@ class Mirror:
         self._lock = threading.Lock()
         #: Why the last pass refused to delete (logged when it first appears or changes, not every pass).
         self._refused: str | None = None
+        #: When recent event deletions were allowed (see :meth:`_may_delete_now`).
+        self._event_deletes: collections.deque[float] = collections.deque()
 
     def run_pass(self, stop: threading.Event | None = None) -> MirrorReport:
         """List, download what is new or changed, then delete what is safe to delete."""
@@ -184,6 +187,7 @@ class Mirror:
         handled by the rules of a pass. An object is planned and downloaded as a listed one would
         be (verified, atomic, a person's file kept); a key with no object has its file deleted
         only with ``S3_MIRROR_DELETE``, only if the mirror wrote it and nobody touched it since.
+        At most ``S3_MIRROR_MAX_DELETE`` files are deleted so per ``S3_MIRROR_INTERVAL``.
         Keys outside ``S3_MIRROR_PREFIX`` are left alone. When this returns, every file written is
         durable (renamed and fsynced) and noted in the state; a key whose report has ``failed``
         items is not done.
@@ -208,7 +212,7 @@ class Mirror:
                     continue
                 record = records.get(key)
                 if remote is None:
-                    if self.settings.mirror_delete and record is not None:
+                    if self.settings.mirror_delete and record is not None and self._may_delete_now():
                         fetches.append(pool.submit(self._delete_one, record, report, confirmed_gone=True))
                     continue
                 report.listed = 1
@@ -219,6 +223,26 @@ class Mirror:
                 future.result()
                 self.heartbeat = time.monotonic()
         return reports
+
+    def _may_delete_now(self) -> bool:
+        """Event deletions: at most ``S3_MIRROR_MAX_DELETE`` per ``S3_MIRROR_INTERVAL``, as a pass allows.
+
+        A bucket emptied by mistake sends a burst of removals; past the budget they are left to the
+        next full listing, whose own limit then refuses them all (one ``mirror.delete_refused``).
+        """
+        now = time.monotonic()
+        recent = self._event_deletes
+        while recent and now - recent[0] > self.settings.mirror_interval:
+            recent.popleft()
+        cap = self.settings.mirror_max_delete
+        if len(recent) >= cap:
+            self._refuse(
+                f"more than S3_MIRROR_MAX_DELETE={cap} removal events within S3_MIRROR_INTERVAL; "
+                "left to the next full listing"
+            )
+            return False
+        recent.append(now)
+        return True
 
     def _head_for_apply(self, key: str) -> RemoteObject | S3SyncError | None:
         try:

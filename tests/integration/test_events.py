@@ -353,3 +353,28 @@ def test_an_unreachable_queue_falls_back_to_polling_and_comes_back(aws, moto_buc
         assert len(events_named(events, "events.queue_back")) == 1
     finally:
         proxy.stop()
+
+
+def test_removal_events_delete_at_most_the_max_per_interval(aws, moto_bucket, events_settings):
+    """A bucket emptied by mistake: S3_MIRROR_MAX_DELETE files go per S3_MIRROR_INTERVAL, the rest await a listing."""
+    url, arn = aws.queue()
+    aws.notify_queue(moto_bucket, arn)
+    settings = events_settings(events_queue_url=url, mirror_max_delete=1)
+    consumer, state, queue = consumer_for(settings)
+    keys = [f"VASE/v{i}.jpg" for i in range(3)]
+    for key in keys:
+        aws.s3.put_object(Bucket=moto_bucket, Key=key, Body=key.encode())
+    drain(consumer)
+    assert all((settings.local_path / key).exists() for key in keys)
+    for key in keys:
+        aws.s3.delete_object(Bucket=moto_bucket, Key=key)
+    with captured_events() as events:
+        drain(consumer)
+    assert sum((settings.local_path / key).exists() for key in keys) == 2
+    assert len(events_named(events, "mirror.delete_refused")) == 1
+    assert consumer.poll_once().received == 0  # the refused removals are done with, not retried for ever
+    # The next full listing applies its own limit: 2 files to delete > 1, so it deletes none.
+    report = consumer.mirror.run_pass()
+    assert (report.complete, report.deleted) == (True, 0)
+    queue.close()
+    state.close()
