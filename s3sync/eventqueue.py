@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -321,7 +321,7 @@ class EventConsumer:
         queue: SqsQueue,
         *,
         subscriber: EventsSubscriber | None = None,
-        clock: Any = time,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.bucket = settings.require_bucket()
@@ -329,7 +329,7 @@ class EventConsumer:
         self.state = state
         self.queue = queue
         self.subscriber: EventsSubscriber = subscriber or _NoSubscriber()
-        self._clock = clock
+        self._now = now
 
     def poll_once(self) -> BatchReport:
         """Receive one batch (waiting up to the long-poll time) and apply it; raises QueueUnreachableError."""
@@ -341,6 +341,31 @@ class EventConsumer:
         return report
 
     def _handle(self, messages: list[QueueMessage], report: BatchReport) -> None:
+        parsed = self._parse(messages, report)
+        todo = self._choose(parsed, report)
+        outcomes = self._apply(todo, [m for m in messages if m.id in parsed])
+        failed = {key for key, ok in outcomes.items() if not ok}
+        report.failed_keys = sorted(failed)
+        report.failed += len(failed)
+        report.applied += len(outcomes) - len(failed)
+        applied: list[tuple[str, str]] = []
+        for key, change in todo.items():
+            if key not in failed and change.sequencer is not None:
+                applied.append((key, change.sequencer))
+        if applied:
+            self.state.set_sequencers(applied)
+        self._settle(messages, parsed, failed, report)
+        log.debug(
+            "events.batch",
+            received=report.received,
+            applied=report.applied,
+            ignored=report.ignored,
+            failed=report.failed,
+            deleted=report.deleted,
+        )
+
+    def _parse(self, messages: list[QueueMessage], report: BatchReport) -> dict[str, tuple[Change, ...]]:
+        """Each message's changes by message id; a malformed one is left out (and left in the queue)."""
         parsed: dict[str, tuple[Change, ...]] = {}
         for message in messages:
             try:
@@ -357,6 +382,10 @@ class EventConsumer:
                 continue
             report.ignored += len(result.ignored)
             parsed[message.id] = result.changes
+        return parsed
+
+    def _choose(self, parsed: Mapping[str, tuple[Change, ...]], report: BatchReport) -> dict[str, Change]:
+        """The newest change of each key, if newer than the state's and the mirror's to apply."""
         changes = [c for message_changes in parsed.values() for c in message_changes]
         newest = newest_per_key(changes)
         stored = self.state.get_sequencers(list(newest))
@@ -368,14 +397,16 @@ class EventConsumer:
             else:
                 log.debug("events.ignored", key=key, reason=why, sequencer=change.sequencer, held=stored.get(key))
         report.ignored += len(changes) - len(todo)
-        outcomes = self._apply(todo, [m for m in messages if m.id in parsed])
-        failed = {key for key, ok in outcomes.items() if not ok}
-        report.failed_keys = sorted(failed)
-        report.failed += len(failed)
-        report.applied += len(outcomes) - len(failed)
-        done = [(key, c.sequencer) for key, c in todo.items() if key not in failed and c.sequencer is not None]
-        if done:
-            self.state.set_sequencers([(key, seq) for key, seq in done if seq is not None])
+        return todo
+
+    def _settle(
+        self,
+        messages: list[QueueMessage],
+        parsed: Mapping[str, tuple[Change, ...]],
+        failed: set[str],
+        report: BatchReport,
+    ) -> None:
+        """Delete the messages whose changes are all done; leave the others, one event each."""
         finished: list[QueueMessage] = []
         for message in messages:
             if message.id not in parsed:
@@ -395,15 +426,7 @@ class EventConsumer:
         report.deleted = len(finished) - len(undeleted)
         sent = [m.sent_at for m in finished if m.sent_at is not None and m.id not in undeleted]
         if sent:
-            report.lag = max(0.0, self._clock.time() - min(sent))
-        log.debug(
-            "events.batch",
-            received=report.received,
-            applied=report.applied,
-            ignored=report.ignored,
-            failed=report.failed,
-            deleted=report.deleted,
-        )
+            report.lag = max(0.0, self._now() - min(sent))
 
     def _apply(self, todo: Mapping[str, Change], messages: list[QueueMessage]) -> dict[str, bool]:
         """Apply the keys (True: done), keeping the messages invisible while downloads progress."""
