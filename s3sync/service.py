@@ -387,16 +387,7 @@ class Service:
         mirror = self.mirror
         assert mirror is not None
         while not stop.is_set():
-            self._mirror_heartbeat = time.monotonic()
-            try:
-                report = mirror.run_pass(stop)
-                self._last_mirror = report
-                # A complete listing is a good pass for health: a bad key is a warning, not an outage.
-                self.metrics.mirror_completed(report.complete)
-            except Exception as exc:
-                log.exception("mirror.failed", error=f"{type(exc).__name__}: {exc}")
-                self.metrics.mirror_completed(False)
-            self._mirror_heartbeat = time.monotonic()
+            self._mirror_pass(mirror, stop)
             deadline = time.monotonic() + self.settings.mirror_interval
             while not stop.is_set() and time.monotonic() < deadline:
                 self._mirror_heartbeat = time.monotonic()
