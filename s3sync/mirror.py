@@ -197,6 +197,7 @@ class Mirror:
         if not mine:
             return reports
         self.root.mkdir(parents=True, exist_ok=True)
+        self.heartbeat = time.monotonic()
         pass_no = int(self.state.get_meta("mirror_pass") or 0)
         claims = PathClaims()
         workers = max(1, min(self.settings.max_concurrency, len(mine)))
