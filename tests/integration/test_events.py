@@ -378,3 +378,30 @@ def test_removal_events_delete_at_most_the_max_per_interval(aws, moto_bucket, ev
     assert (report.complete, report.deleted) == (True, 0)
     queue.close()
     state.close()
+
+
+def test_sns_wrapped_and_eventbridge_messages_are_applied(aws, moto_bucket, events_settings):
+    """The consumer takes the three shapes a queue can hold: raw S3, SNS-wrapped, EventBridge."""
+    url, _ = aws.queue()
+    settings = events_settings(events_queue_url=url)
+    consumer, state, queue = consumer_for(settings)
+    for key in ("a/raw.jpg", "a/sns wrapped.jpg", "a/bridge.jpg"):
+        aws.s3.put_object(Bucket=moto_bucket, Key=key, Body=key.encode())
+    raw = crafted(moto_bucket, "a/raw.jpg", "created", "01")
+    sns = json.dumps({"Type": "Notification", "Message": crafted(moto_bucket, "a/sns wrapped.jpg", "created", "01")})
+    bridge = json.dumps(
+        {
+            "version": "0",
+            "detail-type": "Object Created",
+            "source": "aws.s3",
+            "detail": {"bucket": {"name": moto_bucket}, "object": {"key": "a/bridge.jpg", "sequencer": "01"}},
+        }
+    )
+    for body in (raw, sns, bridge):
+        aws.sqs.send_message(QueueUrl=url, MessageBody=body)
+    reports = drain(consumer)
+    assert sum(r.applied for r in reports) == 3
+    for key in ("a/raw.jpg", "a/sns wrapped.jpg", "a/bridge.jpg"):
+        assert (settings.local_path / key).read_bytes() == key.encode()
+    queue.close()
+    state.close()
