@@ -4,6 +4,7 @@ Run from the repository root::
 
     python -m bench.scale --objects 100000             # the issue's target
     python -m bench.scale --objects 5000 --out /tmp/S.md --keep
+    python -m bench.scale --events --objects 20000   # events vs polling (bench/scale_events.py)
 
 The issue's targets: "a mirror of 100,000 objects with peak RSS under 200 MiB (state on disk,
 listings streamed), and a no-op pass over them that makes no per-object request".
@@ -454,6 +455,11 @@ def _workdir(path: Path | None, keep: bool) -> Iterator[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--events" in args:  # events vs polling: bench/scale_events.py
+        from bench import scale_events
+
+        return scale_events.main([a for a in args if a != "--events"])
     opts = parse_args(argv)
     started = dt.datetime.now(dt.UTC).astimezone()
     t0 = time.monotonic()

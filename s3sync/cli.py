@@ -668,6 +668,100 @@ def state_rebuild() -> None:
         err.print("; ".join(line), markup=False, highlight=False)
 
 
+# --- S3 Event Notifications ------------------------------------------------------------------
+events_app = typer.Typer(
+    name="events",
+    help="S3 Event Notifications through SQS (and SNS for many hosts): wire the bucket, check the wiring.",
+    no_args_is_help=True,
+)
+app.add_typer(events_app)
+
+
+@events_app.command("setup")
+def events_setup(
+    queue: Annotated[str, typer.Option("--queue", help="The SQS queue to create or reuse (a standard queue).")],
+    topic: Annotated[
+        str | None,
+        typer.Option("--topic", help="Fan out through this SNS topic (ARN): bucket -> topic -> this queue."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would change; change nothing.")] = False,
+    source_account: Annotated[
+        str | None,
+        typer.Option("--source-account", help="The bucket owner's account id (default: the queue's or topic's)."),
+    ] = None,
+) -> None:
+    """Create the queue, its access policy and the bucket's notification configuration (idempotent).
+
+    Merges with the bucket's other notification configurations; prints each change, or that
+    there was none. The last line is the S3_EVENTS_QUEUE_URL to give the daemon.
+    """
+    from s3sync.eventsetup import EventSetup, make_client
+    from s3sync.transport import make_client as make_s3_client
+
+    with _errors():
+        settings = _settings()
+        settings.require_bucket()
+        sns = make_client(settings, "sns") if topic is not None else None
+        setup = EventSetup(
+            settings,
+            s3=make_s3_client(settings),
+            sqs=make_client(settings, "sqs"),
+            sns=sns,
+            sts=make_client(settings, "sts"),  # only asked for the account of a queue not created yet
+            say=lambda line: out.print(line, markup=False, highlight=False),
+        )
+        report = setup.run(queue, topic=topic, dry_run=dry_run, source_account=source_account)
+        if not report.changes:
+            out.print(
+                f"nothing to change: queue {queue}, its access policy"
+                + (", the topic's policy and subscription" if topic else "")
+                + " and the bucket's notification configuration are in place",
+                markup=False,
+                highlight=False,
+            )
+        elif report.kept:
+            out.print(f"kept {report.kept} other notification configuration(s) of the bucket", markup=False)
+        if dry_run:
+            out.print("dry run: nothing was changed", markup=False, highlight=False)
+        url = report.queue_url or f"(the URL of queue {queue}, once created)"
+        out.print(f"S3_EVENTS_QUEUE_URL={url}", markup=False, highlight=False)
+
+
+@events_app.command("check")
+def events_check(
+    queue_url: Annotated[
+        str | None, typer.Option("--queue-url", help="The queue to watch (default: S3_EVENTS_QUEUE_URL).")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1.0, max=600.0, help="Seconds to wait for each event.")
+    ] = 20.0,
+) -> None:
+    """Prove the wiring end to end: put a marker object, wait for its events, delete it (exit 1: fail).
+
+    The marker is S3_MIRROR_PREFIX + ".s3sync-events-check/<uuid>" (never mirrored). Messages
+    on the queue that are not the marker's are left for the daemon; a daemon reading the same
+    queue may take the marker's event itself, so stop it while checking.
+    """
+    from s3sync.eventqueue import make_sqs_client
+    from s3sync.eventsetup import EventCheck
+    from s3sync.transport import make_client as make_s3_client
+
+    with _errors():
+        settings = _settings()
+        settings.require_bucket()
+        url = queue_url or settings.events_queue_url
+        if not url:
+            raise ConfigurationError(
+                "S3_EVENTS_QUEUE_URL: not set (or give --queue-url)", setting="S3_EVENTS_QUEUE_URL"
+            )
+        sqs = make_sqs_client(settings.model_copy(update={"events_queue_url": url}))  # the daemon's client
+        result = EventCheck(settings, s3=make_s3_client(settings), sqs=sqs).run(url, timeout=timeout)
+        if not result.passed:
+            err.print(f"s3sync: {result.line()}", markup=False, highlight=False)
+            raise typer.Exit(1)
+        out.print(result.line(), markup=False, highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -10,6 +10,8 @@ knows the exit code the command line maps it to (``1``: an item failed,
     ├── UnsafeKeyError               exit 1   a bucket key cannot be a safe local path (also ValueError)
     ├── NotFoundError                exit 1   an object or prefix is not in the bucket
     ├── EndpointError                exit 1   the S3 endpoint cannot be reached or refuses us
+    │   └── QueueUnreachableError             the events queue (SQS) cannot be reached or refuses us
+    ├── EventFormatError             exit 1   a queue message is no S3 event notification (also ValueError)
     ├── ListingError                 exit 1   a listing cannot be complete (truncated without a token, a key twice...)
     ├── TransferError                exit 1   an upload or download failed
     │   ├── UploadError
@@ -37,6 +39,7 @@ __all__ = [
     "ConfigurationError",
     "DownloadError",
     "EndpointError",
+    "EventFormatError",
     "FileChangedError",
     "IntegrityError",
     "InvalidNameError",
@@ -45,6 +48,7 @@ __all__ = [
     "LocalFileError",
     "NotFoundError",
     "NotRegularFileError",
+    "QueueUnreachableError",
     "S3SyncError",
     "StateCorruptError",
     "StateError",
@@ -110,6 +114,14 @@ class NotFoundError(S3SyncError):
 
 class EndpointError(S3SyncError):
     """The endpoint cannot be reached, times out, or rejects our credentials."""
+
+
+class QueueUnreachableError(EndpointError):
+    """The events queue (``S3_EVENTS_QUEUE_URL``) cannot be reached or refuses us: the mirror polls meanwhile."""
+
+
+class EventFormatError(S3SyncError, ValueError):
+    """A queue message that is not an S3 event notification in any shape s3sync knows (raw, SNS, EventBridge)."""
 
 
 class ListingError(S3SyncError):

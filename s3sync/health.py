@@ -21,6 +21,8 @@ broken mirror; a mirror whose listing fails is.
 >>> h = assess(HealthSnapshot(now=100.0, started=0.0, stalled_workers=("upload-3",)))
 >>> h.healthy, h.alive  # red, but no restart: a slow link is not cured by one
 (False, True)
+>>> assess(HealthSnapshot(now=100.0, started=0.0, queue_unreachable_since=10.0, queue_stall_seconds=60)).reasons
+('the events queue has been unreachable for 90 s (polling the bucket instead)',)
 """
 
 from __future__ import annotations
@@ -57,8 +59,13 @@ class HealthSnapshot:
     mirror_interval: float = 60.0
     #: Longest allowed time without a complete mirror pass (0: three intervals + 60 s).
     max_mirror_age: float = 0.0
-    #: When the last complete mirror pass ended (None: none yet).
+    #: When the last complete mirror pass ended (None: none yet). With the event mirror, also
+    #: the last time the events queue answered: the mirror is then as fresh as the queue.
     last_mirror_ok: float | None = None
+    #: Since when the events queue (``S3_EVENTS_QUEUE_URL``) cannot be reached (None: reachable, or off).
+    queue_unreachable_since: float | None = None
+    #: How long the queue may stay unreachable before that is a reason (``S3_LOOP_STALL_SECONDS``).
+    queue_stall_seconds: float = 60.0
     # --- warnings only ---------------------------------------------------------------------
     conflicts: int = 0
     unsafe_keys: int = 0
@@ -136,6 +143,10 @@ def assess(s: HealthSnapshot) -> Health:
             reasons.append("the upload folder is missing (waiting for it to come back)")
         elif not s.watcher_running:
             reasons.append("watcher is not running")
+    if s.queue_unreachable_since is not None and s.now - s.queue_unreachable_since > s.queue_stall_seconds:
+        # Not fatal: the mirror polls the bucket meanwhile, and a restart does not bring a queue back.
+        down = int(s.now - s.queue_unreachable_since)
+        reasons.append(f"the events queue has been unreachable for {down} s (polling the bucket instead)")
     if s.mirror_interval > 0:
         limit = _mirror_age_limit(s)
         if s.last_mirror_ok is not None:

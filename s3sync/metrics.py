@@ -31,6 +31,7 @@ class Metrics:
 
     def __init__(self, *, enabled: bool = True) -> None:
         self._last_mirror: float | None = None
+        self._last_queue_ok: float | None = None
         self._last_event: float | None = None
         self._last_rescan: float | None = None
         self.registry: CollectorRegistry | None = None
@@ -54,6 +55,19 @@ class Metrics:
             "s3sync_last_mirror_success_timestamp_seconds", "Unix time of the last good mirror pass.", registry=r
         )
         self.mirror_passes = Counter("s3sync_mirror_passes", "Mirror passes by result.", ["result"], registry=r)
+        self.events = Counter(
+            "s3sync_events", "Bucket events from the queue: applied, ignored, failed.", ["outcome"], registry=r
+        )
+        self.queue_lag = Gauge(
+            "s3sync_events_queue_lag_seconds", "Age of the oldest message applied in the last batch.", registry=r
+        )
+        self.queue_up = Gauge("s3sync_events_queue_reachable", "1 while the events queue answers.", registry=r)
+        self.reconcile_diffs = Counter(
+            "s3sync_reconcile_differences", "Differences the event mirror's full listings found.", registry=r
+        )
+        self.last_reconcile_diffs = Gauge(
+            "s3sync_last_reconcile_differences", "Differences the last full listing found (0: events work).", registry=r
+        )
         for name, doc, fn in (
             ("s3sync_seconds_since_last_mirror", "Seconds since the last good mirror pass.", self.seconds_since_mirror),
             (
@@ -104,6 +118,34 @@ class Metrics:
         self.mirror_passes.labels("ok" if ok else "failed").inc()
         if self._last_mirror is not None and ok:
             self.mirror_ok_ts.set(self._last_mirror)
+
+    def events_done(self, applied: int, ignored: int, failed: int, lag: float | None) -> None:
+        """One batch from the events queue was handled (the queue answered)."""
+        self._last_queue_ok = time.time()
+        if self.registry is None:
+            return
+        self.queue_up.set(1)
+        for outcome, n in (("applied", applied), ("ignored", ignored), ("failed", failed)):
+            if n:
+                self.events.labels(outcome).inc(n)
+        if lag is not None:
+            self.queue_lag.set(lag)
+
+    def queue_unreachable(self) -> None:
+        """The events queue did not answer."""
+        if self.registry is not None:
+            self.queue_up.set(0)
+
+    def reconciled(self, differences: int) -> None:
+        """A full listing of the event mirror ended, having found ``differences``."""
+        if self.registry is not None:
+            self.reconcile_diffs.inc(differences)
+            self.last_reconcile_diffs.set(differences)
+
+    @property
+    def last_queue_time(self) -> float | None:
+        """Unix time the events queue last answered (None: never, or events off)."""
+        return self._last_queue_ok
 
     def watcher_event(self) -> None:
         """A file event arrived."""

@@ -18,11 +18,13 @@ listed: only keys absent from a complete listing are deletion candidates.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import stat
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -114,6 +116,8 @@ class Mirror:
         self._lock = threading.Lock()
         #: Why the last pass refused to delete (logged when it first appears or changes, not every pass).
         self._refused: str | None = None
+        #: When recent event deletions were allowed (see :meth:`_may_delete_now`).
+        self._event_deletes: collections.deque[float] = collections.deque()
 
     def run_pass(self, stop: threading.Event | None = None) -> MirrorReport:
         """List, download what is new or changed, then delete what is safe to delete."""
@@ -176,6 +180,77 @@ class Mirror:
             complete=report.complete,
         )
         return report
+
+    def apply_keys(self, keys: Sequence[str]) -> dict[str, MirrorReport]:
+        """Bring the local files of ``keys`` in step with the bucket as it is now: one report per key.
+
+        The event mirror's path (:mod:`s3sync.eventqueue`): each key is looked at with a HEAD, then
+        handled by the rules of a pass. An object is planned and downloaded as a listed one would
+        be (verified, atomic, a person's file kept); a key with no object has its file deleted
+        only with ``S3_MIRROR_DELETE``, only if the mirror wrote it and nobody touched it since.
+        At most ``S3_MIRROR_MAX_DELETE`` files are deleted so per ``S3_MIRROR_INTERVAL``.
+        Keys outside ``S3_MIRROR_PREFIX`` are left alone. When this returns, every file written is
+        durable (renamed and fsynced) and noted in the state; a key whose report has ``failed``
+        items is not done.
+        """
+        reports = {key: MirrorReport(complete=True) for key in keys}
+        mine = [key for key in reports if key.startswith(self.settings.mirror_prefix)]
+        if not mine:
+            return reports
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.heartbeat = time.monotonic()
+        pass_no = int(self.state.get_meta("mirror_pass") or 0)
+        claims = PathClaims()
+        workers = max(1, min(self.settings.max_concurrency, len(mine)))
+        with CommitGroup() as group, ThreadPoolExecutor(workers, thread_name_prefix="s3sync-apply") as pool:
+            heads = list(zip(mine, pool.map(self._head_for_apply, mine), strict=True))
+            records = self.state.get_mirrors(mine)
+            fetches: list[Future[None]] = []
+            for key, remote in heads:
+                report = reports[key]
+                self.heartbeat = time.monotonic()
+                if isinstance(remote, S3SyncError):
+                    self._failed(key, report, str(remote))
+                    continue
+                record = records.get(key)
+                if remote is None:
+                    if self.settings.mirror_delete and record is not None and self._may_delete_now():
+                        fetches.append(pool.submit(self._delete_one, record, report, confirmed_gone=True))
+                    continue
+                report.listed = 1
+                action = self._plan_one(remote, record, report, claims)
+                if action is not None:
+                    fetches.append(pool.submit(self._fetch, remote, action, record, pass_no, report, group))
+            for future in fetches:
+                future.result()
+                self.heartbeat = time.monotonic()
+        return reports
+
+    def _may_delete_now(self) -> bool:
+        """Event deletions: at most ``S3_MIRROR_MAX_DELETE`` per ``S3_MIRROR_INTERVAL``, as a pass allows.
+
+        A bucket emptied by mistake sends a burst of removals; past the budget they are left to the
+        next full listing, whose own limit then refuses them all (one ``mirror.delete_refused``).
+        """
+        now = time.monotonic()
+        recent = self._event_deletes
+        while recent and now - recent[0] > self.settings.mirror_interval:
+            recent.popleft()
+        cap = self.settings.mirror_max_delete
+        if len(recent) >= cap:
+            self._refuse(
+                f"more than S3_MIRROR_MAX_DELETE={cap} removal events within S3_MIRROR_INTERVAL; "
+                "left to the next full listing"
+            )
+            return False
+        recent.append(now)
+        return True
+
+    def _head_for_apply(self, key: str) -> RemoteObject | S3SyncError | None:
+        try:
+            return self.transport.head(key)
+        except S3SyncError as exc:
+            return exc
 
     def _beat(self, _nbytes: int = 0) -> None:
         """Bytes moved: the pass is alive, however long one download takes."""
@@ -574,27 +649,40 @@ class Mirror:
             return
         self._refused = None
         for rec in candidates:
-            try:
-                segments = key_to_relpath(rec.key)
-            except UnsafeKeyError as exc:
-                # Recorded before such keys were refused: its file is never deleted (nor looked at) now.
-                self._report_once(rec.key, "mirror.delete_skipped", reason=f"unsafe key: {exc.reason}")
-                self._forget(rec.key)
-                continue
-            try:
-                # Absent from the listing is not proof: a listing that mis-encodes a key omits it too.
-                if self.transport.head(rec.key) is not None:
-                    self._report_once(rec.key, "mirror.delete_skipped", reason="the object still exists (HEAD)")
-                    continue
-                if self._still_written(rec, segments) and remove_under(self.root, segments):
-                    report.deleted += 1
-                    log.info("mirror.deleted", key=rec.key)
-                    if self._on_result is not None:
-                        self._on_result("deleted", 0, 0.0, key=rec.key)
-            except S3SyncError as exc:
-                self._report_once(rec.key, "mirror.delete_skipped", reason=str(exc))
-                continue
+            self._delete_one(rec, report)
+
+    def _delete_one(self, rec: MirrorRecord, report: MirrorReport, *, confirmed_gone: bool = False) -> None:
+        """Delete the file of a key that is gone, if it is still what the mirror wrote; forget the key.
+
+        The object is confirmed gone by a HEAD first, unless the caller has just done that
+        (``confirmed_gone``): absence from a listing, or a removal event, is not proof.
+        """
+        try:
+            segments = key_to_relpath(rec.key)
+        except UnsafeKeyError as exc:
+            # Recorded before such keys were refused: its file is never deleted (nor looked at) now.
+            self._report_once(rec.key, "mirror.delete_skipped", reason=f"unsafe key: {exc.reason}")
             self._forget(rec.key)
+            return
+        try:
+            # Absent from the listing is not proof: a listing that mis-encodes a key omits it too.
+            if not confirmed_gone and self.transport.head(rec.key) is not None:
+                self._report_once(rec.key, "mirror.delete_skipped", reason="the object still exists (HEAD)")
+                return
+            if self._still_written(rec, segments) and remove_under(self.root, segments):
+                with self._lock:
+                    report.deleted += 1
+                log.info("mirror.deleted", key=rec.key)
+                if self._on_result is not None:
+                    self._on_result("deleted", 0, 0.0, key=rec.key)
+        except S3SyncError as exc:
+            self._report_once(rec.key, "mirror.delete_skipped", reason=str(exc))
+            if confirmed_gone:  # a removal event: not done, its message comes back
+                with self._lock:
+                    report.failed += 1
+                    report.errors.append(str(exc))
+            return
+        self._forget(rec.key)
 
     def _forget(self, key: str) -> None:
         try:

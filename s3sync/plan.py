@@ -18,6 +18,7 @@ from s3sync.errors import UnsafeKeyError
 from s3sync.paths import TEMP_PREFIX, is_directory_marker, key_to_relpath
 
 __all__ = [
+    "EVENTS_CHECK_SEGMENT",
     "IGNORED_PATTERNS",
     "LOCAL_CHANGE_POLICIES",
     "PROBE_SEGMENT",
@@ -36,6 +37,7 @@ __all__ = [
     "holds_object",
     "is_ignored_name",
     "is_md5_etag",
+    "is_probe_key",
     "plan_checked",
     "plan_mirror",
     "plan_upload",
@@ -58,6 +60,23 @@ PROBE_SEGMENT = ".s3sync-probe"
 def is_ignored_name(name: str) -> bool:
     """True for hidden and temporary file names (never uploaded, never rejected)."""
     return _IGNORED.match(name) is not None
+
+
+#: Folder of the marker objects ``s3sync events check`` writes and deletes again: never mirrored.
+EVENTS_CHECK_SEGMENT = ".s3sync-events-check"
+
+
+def is_probe_key(key: str) -> bool:
+    """An object s3sync writes only to probe and deletes again, never content: a marker of
+    ``s3sync events check`` (under any prefix), or a conditional-writes probe.
+
+    >>> is_probe_key(".s3sync-events-check/0f3a"), is_probe_key("art/.s3sync-events-check/0f3a")
+    (True, True)
+    >>> is_probe_key(".s3sync-probe/conditional-0f3a"), is_probe_key("art/.s3sync-events-checkout/a.jpg")
+    (True, False)
+    """
+    wrapped = f"/{key}"
+    return f"/{EVENTS_CHECK_SEGMENT}/" in wrapped or f"/{PROBE_SEGMENT}/" in wrapped
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +272,7 @@ def plan_mirror(
     ``CHECK``: its content decides (:func:`plan_checked`). An unchanged object with an
     untouched copy is skipped: no HEAD, no GET.
     """
-    if is_directory_marker(key) and remote.size == 0:
+    if (is_directory_marker(key) and remote.size == 0) or is_probe_key(key):
         return MirrorDecision(MirrorAction.MARKER)
     try:
         segments = key_to_relpath(key)

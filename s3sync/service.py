@@ -24,7 +24,14 @@ import structlog
 
 from s3sync import preflight
 from s3sync._version import __version__
-from s3sync.errors import S3SyncError
+from s3sync.errors import QueueUnreachableError, S3SyncError
+from s3sync.eventqueue import (
+    BatchReport,
+    EventConsumer,
+    EventsSchedule,
+    SqsQueue,
+    make_sqs_client,
+)
 from s3sync.health import HealthSnapshot, assess
 from s3sync.localfs import sweep_temp_files
 from s3sync.lock import StateLock
@@ -50,6 +57,9 @@ _RESCAN_DEFER_LIMIT = 10  # ... but for at most this many rescan intervals
 _LIST_AT_LEAST = 32  # files to look up before a listing replaces a HEAD each
 _FOLDER_CHECK_EVERY = 2.0  # seconds between checks that the watched folder is still the same folder
 _FOLDER_RETRY_CAP = 30.0  # longest wait between looks for a missing upload folder
+_QUEUE_RETRY_CAP = 30.0  # longest wait between looks at an unreachable events queue
+#: Sequencers older than this are forgotten: SQS keeps a message 14 days at most.
+_SEQUENCER_KEEP = 15 * 86400.0
 
 
 @dataclass
@@ -120,6 +130,10 @@ class Service:
         self._running = False
         self.metrics_server: MetricsServer | None = None
         self._lookup: threading.Thread | None = None  # a daemon catch-up's listing, under way
+        #: The event mirror (``S3_EVENTS_QUEUE_URL``): its consumer, and since when (Unix time)
+        #: its queue has been unreachable (the mirror polls the bucket meanwhile), or None.
+        self.events: EventConsumer | None = None
+        self._queue_down_since: float | None = None
         #: The settings of an accepted reload: the caller starts the next daemon with them.
         self.next_settings: Settings | None = None
 
@@ -298,12 +312,22 @@ class Service:
             upload_folder_missing=self._watch_trouble in {"missing", "symlink"},
             mirror_interval=self.settings.mirror_interval,
             max_mirror_age=self.settings.health_max_mirror_age,
-            last_mirror_ok=self.metrics.last_mirror_time,
+            last_mirror_ok=self._last_mirror_ok(),
+            queue_unreachable_since=self._queue_down_since,
+            queue_stall_seconds=self.settings.loop_stall_seconds,
             conflicts=last.conflicts if last else 0,
             unsafe_keys=last.unsafe if last else 0,
             local_changed=int(getattr(last, "local_changed", 0) or 0),
             failed_items=last.failed if last else 0,
         )
+
+    def _last_mirror_ok(self) -> float | None:
+        """The last complete pass; with events, also the queue's last answer (it keeps the mirror fresh)."""
+        times = [self.metrics.last_mirror_time]
+        if self.events is not None and self._queue_down_since is None:
+            times.append(self.metrics.last_queue_time)
+        known = [t for t in times if t is not None]
+        return max(known) if known else None
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """Healthy or not, with the reasons, warnings and the status counters (as /healthz shows them)."""
@@ -327,7 +351,10 @@ class Service:
             reasons.append("upload loop is not running or stuck")
         if self.settings.mirror_interval > 0:
             self._mirror_beat()
-            if now - self._mirror_heartbeat > stall:
+            # The event mirror's loop waits in a long poll (up to S3_EVENTS_WAIT_SECONDS, plus the
+            # read timeout's margin) between ticks.
+            slack = self.settings.events_wait_seconds + 10.0 if self.events is not None else 0.0
+            if now - self._mirror_heartbeat > stall + slack:
                 reasons.append("mirror loop is stuck")
         if now - self._supervisor_heartbeat > stall:
             reasons.append("supervisor loop is stuck")
@@ -351,6 +378,7 @@ class Service:
             "last_mirror_ok": self.state.get_meta("last_mirror_ok"),
             "last_mirror": asdict(last) if last else None,
             "watcher": self.watcher.kind if self.watcher else None,
+            "mirror_mode": self._mirror_mode(),
             "state": "running" if self._running else "stopped",
             "problems": list(assess(health).reasons) if self._running else [],
             # What `s3sync status` judges health from, with the same function as /healthz.
@@ -380,20 +408,105 @@ class Service:
         mirror = self.mirror
         assert mirror is not None
         while not stop.is_set():
-            self._mirror_heartbeat = time.monotonic()
-            try:
-                report = mirror.run_pass(stop)
-                self._last_mirror = report
-                # A complete listing is a good pass for health: a bad key is a warning, not an outage.
-                self.metrics.mirror_completed(report.complete)
-            except Exception as exc:
-                log.exception("mirror.failed", error=f"{type(exc).__name__}: {exc}")
-                self.metrics.mirror_completed(False)
-            self._mirror_heartbeat = time.monotonic()
+            self._mirror_pass(mirror, stop)
             deadline = time.monotonic() + self.settings.mirror_interval
             while not stop.is_set() and time.monotonic() < deadline:
                 self._mirror_heartbeat = time.monotonic()
                 stop.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def _mirror_mode(self) -> str:
+        if self.settings.mirror_interval <= 0:
+            return "off"
+        if self.events is None:
+            return "polling"
+        return "polling (events queue unreachable)" if self._queue_down_since is not None else "events"
+
+    def _mirror_pass(self, mirror: Mirror, stop: threading.Event) -> MirrorReport | None:
+        """One full pass, recorded for health and metrics; None when it raised (logged)."""
+        self._mirror_heartbeat = time.monotonic()
+        try:
+            report = mirror.run_pass(stop)
+        except Exception as exc:
+            log.exception("mirror.failed", error=f"{type(exc).__name__}: {exc}")
+            self.metrics.mirror_completed(False)
+            return None
+        finally:
+            self._mirror_heartbeat = time.monotonic()
+        self._last_mirror = report
+        # A complete listing is a good pass for health: a bad key is a warning, not an outage.
+        self.metrics.mirror_completed(report.complete)
+        return report
+
+    def _reconcile(self, mirror: Mirror, stop: threading.Event) -> bool:
+        """The event mirror's full listing: what the queue lost (S3 events are best-effort) is found here.
+
+        False when the listing could not be completed (it is tried again at the polling interval).
+        """
+        report = self._mirror_pass(mirror, stop)
+        if report is None or stop.is_set():
+            return False
+        differences = report.downloaded + report.deleted
+        self.metrics.reconciled(differences)
+        log.info(
+            "mirror.reconciled",
+            differences=differences,
+            downloaded=report.downloaded,
+            deleted=report.deleted,
+            listed=report.listed,
+            complete=report.complete,
+            next_in_s=self.settings.mirror_reconcile_interval,
+        )
+        try:
+            self.state.prune_sequencers(time.time() - _SEQUENCER_KEEP)
+        except S3SyncError as exc:
+            log.warning("events.prune_failed", error=str(exc))
+        return report.complete
+
+    def _events_loop(self, stop: threading.Event) -> None:
+        """The event mirror: a full listing at start and every ``S3_MIRROR_RECONCILE_INTERVAL``, the
+        queue's changes in between; while the queue is unreachable, a pass every ``S3_MIRROR_INTERVAL``
+        (one ``events.queue_unreachable``), and events again when it answers (``events.queue_back``)."""
+        mirror, consumer = self.mirror, self.events
+        assert mirror is not None
+        assert consumer is not None
+        settings = self.settings
+        schedule = EventsSchedule(settings.mirror_reconcile_interval, settings.mirror_interval, _QUEUE_RETRY_CAP)
+        while not stop.is_set():
+            self._mirror_heartbeat = time.monotonic()
+            step, wait = schedule.next_step(time.monotonic())
+            if step == "reconcile":
+                complete = self._reconcile(mirror, stop)
+                schedule.reconciled(time.monotonic(), complete=complete)
+            elif step == "poll":
+                self._mirror_pass(mirror, stop)
+                schedule.polled(time.monotonic())
+            elif step == "wait":
+                stop.wait(min(1.0, wait))
+            else:
+                self._receive(consumer, schedule, stop)
+
+    def _receive(self, consumer: EventConsumer, schedule: EventsSchedule, stop: threading.Event) -> None:
+        """One batch from the queue; an unreachable queue switches to polling (one event), an answer back."""
+        try:
+            consumer.poll_once()
+        except QueueUnreachableError as exc:
+            self.metrics.queue_unreachable()
+            if schedule.queue_failed(time.monotonic()):
+                self._queue_down_since = time.time()
+                log.warning(
+                    "events.queue_unreachable",
+                    error=str(exc),
+                    fallback="polling the bucket every S3_MIRROR_INTERVAL",
+                    interval_s=self.settings.mirror_interval,
+                )
+            return
+        except Exception as exc:  # one bad batch must not end the loop: its messages come back
+            log.exception("events.failed", error=f"{type(exc).__name__}: {exc}")
+            stop.wait(1.0)
+            return
+        if schedule.queue_answered() and self._queue_down_since is not None:
+            log.info("events.queue_back", down_s=int(time.time() - self._queue_down_since), mode="events")
+        self._queue_down_since = None
 
     def _mirror_beat(self) -> None:
         if self.mirror is not None and self._mirror_thread is not None and self._mirror_thread.is_alive():
@@ -444,9 +557,21 @@ class Service:
         halt = threading.Event()  # stops the inner loops, on shutdown and on reload alike
         if settings.mirror_interval > 0:
             self.mirror = Mirror(settings, self.transport, self.state, on_result=self._result("download"))
-            self._mirror_thread = threading.Thread(
-                target=self._mirror_loop, args=(halt,), name="s3sync-mirror", daemon=True
-            )
+            loop = self._mirror_loop
+            if settings.events_queue_url:
+                queue = SqsQueue(
+                    make_sqs_client(settings), settings.events_queue_url, wait_seconds=settings.events_wait_seconds
+                )
+                self.events = EventConsumer(
+                    settings, self.mirror, self.state, queue, subscriber=_EventsMetrics(self.metrics)
+                )
+                loop = self._events_loop
+                log.info(
+                    "events.started",
+                    queue=settings.events_queue_url,
+                    reconcile_interval_s=settings.mirror_reconcile_interval,
+                )
+            self._mirror_thread = threading.Thread(target=loop, args=(halt,), name="s3sync-mirror", daemon=True)
             self._mirror_thread.start()
         server = None
         if settings.metrics_addr:
@@ -495,6 +620,8 @@ class Service:
             clean = uploader.stop(timeout=settings.shutdown_timeout)
             if self._mirror_thread is not None:
                 self._mirror_thread.join(timeout=max(1.0, settings.shutdown_timeout))
+            if self.events is not None and not (self._mirror_thread and self._mirror_thread.is_alive()):
+                self.events.queue.close()
             if server is not None:
                 server.stop()
             self._save_status()
@@ -625,6 +752,16 @@ class Service:
             return False
         backlog = uploader.pending() > _RESCAN_BACKLOG * self.settings.max_concurrency
         return not backlog or since >= _RESCAN_DEFER_LIMIT * interval
+
+
+class _EventsMetrics:
+    """The consumer's subscriber: each batch to the daemon's metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def events_done(self, report: BatchReport) -> None:
+        self._metrics.events_done(report.applied, report.ignored, report.failed, report.lag)
 
 
 class _AbsentDefault(dict[str, RemoteObject]):

@@ -253,6 +253,15 @@ class Settings(BaseSettings):
     #: A file in the mirror folder that a person changed or created: "keep" it (skip the key),
     #: "keep-both" (move it to a ``.local-<time>`` sibling, then download), or "overwrite" it.
     mirror_on_local_change: Literal["keep", "keep-both", "overwrite"] = "keep"
+    #: An SQS queue fed by the bucket's event notifications (directly, through SNS, or from
+    #: EventBridge): the mirror applies changes as they arrive, lists the whole bucket only every
+    #: ``S3_MIRROR_RECONCILE_INTERVAL``, and polls at ``S3_MIRROR_INTERVAL`` while the queue is unreachable.
+    events_queue_url: str | None = Field(None, description="SQS queue URL of the bucket's event notifications.")
+    mirror_reconcile_interval: float = Field(
+        6 * 3600.0, gt=0, le=7 * 86400, description="With S3_EVENTS_QUEUE_URL: seconds between full listings."
+    )
+    #: SQS long polling: how long one ReceiveMessage waits for a message (also bounds a shutdown's wait).
+    events_wait_seconds: int = Field(20, ge=1, le=20)
     shutdown_timeout: float = Field(30.0, ge=0, le=3600)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -430,6 +439,17 @@ class Settings(BaseSettings):
             raise ValueError("must be a readable PEM file of CA certificates (S3_CA_BUNDLE, else AWS_CA_BUNDLE)")
         return v
 
+    @field_validator("events_queue_url")
+    @classmethod
+    def _check_queue_url(cls, v: str | None) -> str | None:
+        if v is None or v.strip() == "":
+            return None
+        v = v.strip()
+        # https://sqs.<region>.amazonaws.com/<account>/<name>, or a local server's http://host:port/<account>/<name>.
+        if not re.fullmatch(r"https?://[^\s/]+/[^\s/]+/[A-Za-z0-9_-]{1,80}(\.fifo)?/?", v):
+            raise ValueError("must be an SQS queue URL such as https://sqs.eu-west-1.amazonaws.com/123456789012/name")
+        return v.rstrip("/")
+
     @field_validator("metrics_addr")
     @classmethod
     def _check_addr(cls, v: str | None) -> str | None:
@@ -452,6 +472,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name} must not be the upload folder or overlap S3_LOCAL_PATH")
         if _inside(self.state_path, mirror):
             raise ValueError("S3_STATE_PATH must not be inside S3_LOCAL_PATH")
+        if self.events_queue_url and self.mirror_interval == 0:
+            raise ValueError(
+                "S3_EVENTS_QUEUE_URL needs the mirror on: S3_MIRROR_INTERVAL (the polling interval while the queue "
+                "is unreachable) must be above 0"
+            )
         if self.multipart_chunksize > self.multipart_threshold:
             raise ValueError("S3_MULTIPART_CHUNKSIZE must not exceed S3_MULTIPART_THRESHOLD")
         if self.endpoint_url and "aws_base_url" not in self.model_fields_set:

@@ -80,6 +80,14 @@ CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- The newest bucket event applied per key (its S3 sequencer, upper-case hex), kept after a
+-- removal too: a late create older than the delete must not bring the file back. Added with the
+-- event mirror; an older state gains it at open (CREATE IF NOT EXISTS), a read-only one reads none.
+CREATE TABLE IF NOT EXISTS event_seq (
+    key       TEXT PRIMARY KEY,
+    sequencer TEXT NOT NULL,
+    updated   REAL NOT NULL
+);
 """
 
 
@@ -355,6 +363,7 @@ class State:
                         db.execute("DELETE FROM uploads")
                     if mirror_stale:
                         db.execute("DELETE FROM mirror")
+                        db.execute("DELETE FROM event_seq")
                         db.execute("DELETE FROM meta WHERE name = 'last_mirror_ok'")
                     # Multipart ids belong to the old bucket: aborting them in the new one would hit
                     # nothing (or someone else's upload). Open ones there are left to its lifecycle rules.
@@ -665,6 +674,47 @@ class State:
             return 0
         value = self._read("SELECT count(*) FROM mirror WHERE owned = 0")[0][0]
         return value if isinstance(value, int) else 0
+
+    # --- bucket events ---------------------------------------------------------------------
+    def get_sequencers(self, keys: list[str]) -> dict[str, str]:
+        """The last applied event sequencer of each key that has one (see :mod:`s3sync.events`)."""
+        out: dict[str, str] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            try:
+                rows = self._read(f"SELECT key, sequencer FROM event_seq WHERE key IN ({marks})", tuple(chunk))  # noqa: S608 - placeholders only
+            except StateError:
+                if self._has_table("event_seq"):
+                    raise
+                return {}  # an older state opened read-only: no event applied yet
+            out.update((str(k), str(v)) for k, v in rows)
+        return out
+
+    def set_sequencers(self, items: list[tuple[str, str]]) -> None:
+        """Remember ``(key, sequencer)`` pairs as applied, in one transaction (callers pass newer ones only)."""
+        now = time.time()
+        with self._lock:
+            try:
+                with self._db:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO event_seq (key, sequencer, updated) VALUES (?, ?, ?)",
+                        [(k, v, now) for k, v in items],
+                    )
+            except sqlite3.Error as exc:
+                raise self._error(exc) from None
+
+    def prune_sequencers(self, older_than: float) -> int:
+        """Forget sequencers noted before ``older_than`` (Unix time): no queue keeps a message that long."""
+        with self._lock:
+            try:
+                with self._db:
+                    return self._db.execute("DELETE FROM event_seq WHERE updated < ?", (older_than,)).rowcount
+            except sqlite3.Error as exc:
+                raise self._error(exc) from None
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
 
     # --- meta ------------------------------------------------------------------------------
     def get_meta(self, name: str) -> str | None:

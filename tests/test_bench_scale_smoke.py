@@ -35,3 +35,30 @@ def test_bench_scale_smoke_mirrors_then_noop_without_per_object_requests(tmp_pat
     assert "FAIL" not in text
     assert "Result: pass" in text
     assert not work.exists()  # removed at the end without --keep
+
+
+@pytest.mark.timeout(150)
+def test_bench_scale_events_smoke_measures_both_modes(tmp_path: Path) -> None:
+    """200 objects on moto_server: both modes deliver every change; the idle events daemon sends no S3 request."""
+    out = tmp_path / "E.md"
+    work = tmp_path / "work"
+    argv = ["--events", "--objects", "200", "--changes", "3", "--spacing", "0.3", "--poll-interval", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.scale", *argv, "--idle", "3", "--out", str(out), "--workdir", str(work)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
+    text = out.read_text()
+    assert text.strip() == done.stdout.strip()
+    assert "| events: changes that reached the mirror | 3 | all | pass |" in text
+    assert "| polling: changes that reached the mirror | 3 | all | pass |" in text
+    assert "| events: S3 requests of the idle daemon (each would grow with the bucket) | 0 | 0 | pass |" in text
+    assert "`events check passed: ObjectCreated after " in text
+    rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith(("| events | ", "| polling | "))]
+    assert rows == ["| events", "| polling"]
+    assert "Result: pass" in text
+    assert not work.exists()

@@ -98,7 +98,9 @@ def test_without_acl_anonymous_get_is_403(moto_settings: Callable[..., Settings]
 @pytest.mark.parametrize("request_stack", ["crt", "botocore"])
 def test_cache_control_is_stored(moto_settings: Callable[..., Settings], request_stack: str) -> None:
     """S3_CACHE_CONTROL reaches the stored object (HEAD and the public GET both return it)."""
-    settings = moto_settings(cache_control="public, max-age=86400", default_acl="public-read", request_stack=request_stack)
+    settings = moto_settings(
+        cache_control="public, max-age=86400", default_acl="public-read", request_stack=request_stack
+    )
     res = _upload(settings)
     with Transport(settings) as transport:
         head = transport.client.head_object(Bucket=transport.bucket, Key=res.key)

@@ -65,6 +65,16 @@ def test_mirror_off_is_never_judged_by_age():
     assert assess(fresh(mirror_interval=0, last_mirror_ok=None, started=None)).healthy
 
 
+def test_an_unreachable_events_queue_is_red_after_the_stall_time_without_a_restart():
+    """The queue down longer than S3_LOOP_STALL_SECONDS is a reason (the mirror polls meanwhile), never fatal."""
+    assert assess(fresh(queue_unreachable_since=NOW - 30, queue_stall_seconds=60)).healthy
+    h = assess(fresh(queue_unreachable_since=NOW - 61, queue_stall_seconds=60))
+    assert (h.healthy, h.alive) == (False, True)
+    assert h.reasons == ("the events queue has been unreachable for 61 s (polling the bucket instead)",)
+    stored = HealthSnapshot.from_dict(json.loads(json.dumps(fresh(queue_unreachable_since=NOW - 61).to_dict())))
+    assert not assess(stored).healthy
+
+
 def test_watcher_down_and_folder_missing():
     """A dead watcher is unhealthy; a missing folder says so instead; neither stops the watchdog."""
     down = assess(fresh(watcher_running=False))
