@@ -294,7 +294,7 @@ def run(opts: Options, work: Path, res: Scale) -> None:
         files = folder_files(mirror)
         check_listing({k: v[0] for k, v in files.items()}, expected, f"the mirror folder {mirror}")
         res.checks.append(Check("mirror folder after pass 1", f"{len(files)} files, sizes match", "exact", True))
-        _check_summary(res, first, f"downloaded {opts.objects},")
+        _check_summary(res, first, f"downloaded {opts.objects} (")
 
         second = PassResult("no-op (pass 2, counted)")
         res.passes.append(second)
@@ -311,7 +311,7 @@ def run(opts: Options, work: Path, res: Scale) -> None:
         after = folder_files(mirror)
         changed = sum(1 for k in files.keys() | after.keys() if files.get(k) != after.get(k))
         res.checks.append(Check("mirror files changed by pass 2", str(changed), "0", changed == 0))
-        _check_summary(res, second, "downloaded 0,")
+        _check_summary(res, second, "downloaded 0 (")
 
 
 def _check_summary(res: Scale, result: PassResult, wanted: str) -> None:

@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, Self, TypeVar, runtime_checkable
 
 import structlog
 
@@ -127,6 +127,14 @@ class MultipartTracker(Protocol):
     def remove_multipart(self, upload_id: str) -> None: ...
 
 
+@runtime_checkable
+class ServerMemory(Protocol):
+    """Where what was learnt of the server is kept across runs (the state DB's ``meta`` table)."""
+
+    def get_meta(self, name: str) -> str | None: ...
+    def set_meta(self, name: str, value: str) -> None: ...
+
+
 class TransportCore:
     """Upload and download resources; ``Transport()`` reads settings from the environment.
 
@@ -162,6 +170,7 @@ class TransportCore:
         self._lock = threading.Lock()
         #: Whether the server honours If-None-Match / If-Match (probed on the first upload; None: not yet).
         self._conditional: bool | None = None
+        self._probe_lock = threading.Lock()
         #: ACL and Cache-Control of every object this transport writes (s3sync.publish).
         self._object_headers = publish.object_headers(self.settings)
 

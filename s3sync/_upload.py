@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, wait
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ from s3sync._core import (
     PENDING_MULTIPART,
     UNKNOWN,
     RemoteObject,
+    ServerMemory,
     TransportCore,
     UploadResult,
     _b64,
@@ -44,7 +46,7 @@ from s3sync._core import (
 )
 from s3sync._requests import RequestFailed
 from s3sync._s3client import error_code, translate
-from s3sync.errors import FileChangedError, IntegrityError, UploadError, WriteConflictError
+from s3sync.errors import FileChangedError, IntegrityError, S3SyncError, UploadError, WriteConflictError
 from s3sync.plan import PROBE_SEGMENT
 from s3sync.resource import Resource
 from s3sync.sourcefile import SourceFile
@@ -133,21 +135,30 @@ class Uploads(TransportCore):
         return {"If-Match": f'"{known.etag}"'} if known.etag else {}
 
     def conditional_writes(self) -> bool:
-        """Whether uploads carry conditions: S3_CONDITIONAL_WRITES, or (auto) what the probe found."""
+        """Whether uploads carry conditions: S3_CONDITIONAL_WRITES, or (auto) what the probe found.
+
+        The answer is kept in the state (per endpoint and bucket, for a day): a daemon that
+        restarts does not probe again.
+        """
         mode = self.settings.conditional_writes
         if mode != "auto":
             return mode == "on"
-        with self._lock:
-            known = self._conditional
-        if known is not None:
-            return known
-        found = self._probe_conditional_writes()
-        if found is None:
-            return False  # the probe could not finish: tried again at the next upload
-        with self._lock:
-            first = self._conditional is None
+        with self._probe_lock:  # one probe at a time: the other workers wait for its answer
+            if self._conditional is not None:
+                return self._conditional
+            memory = self.tracker if isinstance(self.tracker, ServerMemory) else None
+            name = f"conditional_writes {self.settings.endpoint_url or 'aws'} {self.bucket}"
+            stored = _recalled(memory.get_meta(name) if memory is not None else None, time.time())
+            if stored is not None:
+                self._conditional = stored
+                return stored
+            found = self._probe_conditional_writes()
+            if found is None:
+                return False  # the probe could not finish: tried again at the next upload
             self._conditional = found
-        if first and not found:
+            if memory is not None:
+                memory.set_meta(name, f"{'yes' if found else 'no'} {int(time.time())}")
+        if not found:
             log.warning(
                 "upload.conditional_writes_unsupported",
                 bucket=self.bucket,
@@ -159,8 +170,11 @@ class Uploads(TransportCore):
         """Create a probe object twice with ``If-None-Match: *``: a server that honours it refuses the second.
 
         True: honoured; False: ignored or not implemented; None: the probe could not tell (the
-        endpoint failed). The probe lives under a reserved prefix no mirror copies, and is deleted.
+        endpoint failed). The probe lives under a reserved prefix no mirror copies and is deleted;
+        one left by a run killed mid-probe is swept by a later probe once it is an hour old.
         """
+        client = self.client  # built before the probe object exists: the window a kill can hit stays short
+        self._sweep_probes()
         key = f"{PROBE_SEGMENT}/conditional-{secrets.token_hex(8)}"
         headers = {"Content-MD5": _b64(hashlib.md5(b"", usedforsecurity=False).digest()), "If-None-Match": "*"}
         try:
@@ -175,7 +189,17 @@ class Uploads(TransportCore):
             return False  # created twice: the condition was ignored
         finally:
             with contextlib.suppress(*_REQUEST_ERRORS):
-                self.client.delete_object(Bucket=self.bucket, Key=key)
+                client.delete_object(Bucket=self.bucket, Key=key)
+
+    def _sweep_probes(self) -> None:
+        """Delete probe objects older than an hour (another host's may be under way: younger ones stay)."""
+        cutoff = datetime.now(UTC) - timedelta(hours=1)
+        with contextlib.suppress(*_REQUEST_ERRORS, S3SyncError):
+            for page in self.list_pages(f"{PROBE_SEGMENT}/"):
+                for obj in page:
+                    if obj.last_modified is not None and obj.last_modified < cutoff:
+                        self.client.delete_object(Bucket=self.bucket, Key=obj.key)
+                return  # one page is plenty: probes are few
 
     def _written_meanwhile(
         self, res: Resource, path: Path, size: int, sha256: str, md5: str | None, *, multipart: bool
@@ -415,3 +439,17 @@ def _complete_params(conditions: Mapping[str, str]) -> dict[str, str]:
     """Upload conditions as CompleteMultipartUpload's parameters (IfNoneMatch / IfMatch)."""
     names = {"if-none-match": "IfNoneMatch", "if-match": "IfMatch"}
     return {names[k.lower()]: v for k, v in conditions.items() if k.lower() in names}
+
+
+def _recalled(stored: str | None, now: float) -> bool | None:
+    """A kept probe answer (``"yes 1765000000"``) while it is less than a day old, else None.
+
+    >>> _recalled("yes 1000", 2000.0), _recalled("no 1000", 2000.0), _recalled("yes 1000", 1000.0 + 86400 * 2)
+    (True, False, None)
+    >>> _recalled(None, 0.0), _recalled("garbage", 0.0)
+    (None, None)
+    """
+    answer, _, stamp = (stored or "").partition(" ")
+    if answer not in {"yes", "no"} or not stamp.isdigit() or now - int(stamp) > 86400:
+        return None
+    return answer == "yes"

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from s3sync._boto import BotoRequests
+from s3sync.plan import is_probe_key
 from s3sync.service import Service
 from s3sync.settings import Settings
 from s3sync.transport import Transport, make_client
@@ -43,7 +44,13 @@ class KeyCounter:
         self.record(model.name, str(params.get("Key", params.get("Prefix", ""))))
 
     def record(self, operation: str, key: str) -> None:
-        """Count one request (also the hook of the transport's fast GET/PUT path)."""
+        """Count one request (also the hook of the transport's request stack).
+
+        The conditional-writes probe (two PUTs and a DELETE under ``.s3sync-probe/``, once per
+        transport) is left out: it is about the server, not about files.
+        """
+        if is_probe_key(key):
+            return
         with self._lock:
             self.calls[(operation, key)] += 1
 

@@ -170,7 +170,7 @@ def test_off_sends_no_conditions(make_settings, fault_proxy):
     with Transport(settings) as t:
         t.upload(NAME)
     assert set(seen) == {""}
-    assert fault_proxy.count("PUT", ".s3sync-probe") == 0
+    assert fault_proxy.count("PUT", ".s3sync-probe", probes=True) == 0
 
 
 @pytest.mark.parametrize("s3_server", ["rclone"], indirect=True)
@@ -186,3 +186,16 @@ def test_server_that_ignores_conditions_is_found_once_and_said_once(make_setting
     assert len(events_named(events, "upload.conditional_writes_unsupported")) == 1
     keys = {o.key for page in Transport(settings).list_pages() for o in page}
     assert not any(".s3sync-probe" in k for k in keys)  # the probe object is gone
+
+
+def test_probe_answer_is_kept_in_the_state(make_settings, fault_proxy):
+    """A restarted daemon (same state) does not probe again: two probe PUTs in all, one run each."""
+    settings = make_settings(endpoint_url=fault_proxy.endpoint)
+    for _ in range(2):
+        service = Service(settings, environ={})
+        try:
+            assert service.transport.conditional_writes()
+        finally:
+            service.close()
+    assert fault_proxy.count("PUT", ".s3sync-probe", probes=True) == 2
+    assert fault_proxy.count("DELETE", ".s3sync-probe", probes=True) == 1

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from s3sync.paths import TEMP_PREFIX
+from s3sync.plan import is_probe_key
 from s3sync.resource import Resource
 from s3sync.transport import make_client
 from tests.integration.daemon_helpers import wait_for
@@ -110,7 +111,12 @@ def test_sigkill_loop_loses_nothing(make_settings, tmp_path):
         reader.join(timeout=10)
         proc.stderr.close()
     assert proc.returncode == 0, "".join(tail[-20:])
-    assert bucket_hashes(settings) == expected
+    found = bucket_hashes(settings)
+    # A kill inside the conditional-writes probe may leave its empty probe object (swept by a
+    # later probe once an hour old); it is s3sync's own, under a prefix no mirror copies.
+    probes = {k for k in found if is_probe_key(k)}
+    assert len(probes) <= 1, sorted(probes)
+    assert {k: v for k, v in found.items() if k not in probes} == expected
     client = make_client(settings)
     assert client.list_multipart_uploads(Bucket=settings.require_bucket()).get("Uploads", []) == []
     db = sqlite3.connect(settings.state_path)

@@ -425,10 +425,18 @@ class FaultProxy:
         with self._lock:
             self._requests.clear()
 
-    def count(self, method: str | None = None, contains: str = "") -> int:
-        """Requests seen with ``method`` (any when None) whose path and query contain ``contains``."""
+    def count(self, method: str | None = None, contains: str = "", *, probes: bool = False) -> int:
+        """Requests seen with ``method`` (any when None) whose path and query contain ``contains``.
+
+        s3sync's probe of conditional writes (two PUTs and a DELETE under ``.s3sync-probe/``, once
+        per transport) counts only with ``probes=True``: it is about the server, not about files.
+        """
         with self._lock:
-            return sum(1 for m, p in self._requests if (method is None or m == method) and contains in p)
+            return sum(
+                1
+                for m, p in self._requests
+                if (method is None or m == method) and contains in p and (probes or "/.s3sync-probe/" not in p)
+            )
 
     # --- accepting ----------------------------------------------------------------------------
     @staticmethod
