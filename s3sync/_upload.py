@@ -47,13 +47,15 @@ from s3sync._core import (
 from s3sync._requests import RequestFailed
 from s3sync._s3client import error_code, translate
 from s3sync.errors import FileChangedError, IntegrityError, S3SyncError, UploadError, WriteConflictError
-from s3sync.plan import PROBE_SEGMENT
+from s3sync.plan import PROBE_SEGMENT, is_probe_key
 from s3sync.resource import Resource
 from s3sync.sourcefile import SourceFile
 
 __all__ = ["Uploads"]
 
 _T = TypeVar("_T")
+#: The state's note of a conditional-writes probe under way (its key; empty when none).
+PROBE_PENDING = "conditional_writes_probe"
 _MAX_PARTS = 10_000
 _CHANGE_RETRIES = 5
 #: Failures of a request, whichever stack or client sent it.
@@ -152,12 +154,18 @@ class Uploads(TransportCore):
             if stored is not None:
                 self._conditional = stored
                 return stored
-            found = self._probe_conditional_writes()
+            key = f"{PROBE_SEGMENT}/conditional-{secrets.token_hex(8)}"
+            if memory is not None:
+                # Noted first: a run killed mid-probe, or a probe request that lands after its
+                # delete (a fault), leaves an object the next start deletes (Service.prepare).
+                memory.set_meta(PROBE_PENDING, key)
+            found = self._probe_conditional_writes(key)
             if found is None:
                 return False  # the probe could not finish: tried again at the next upload
             self._conditional = found
             if memory is not None:
                 memory.set_meta(name, f"{'yes' if found else 'no'} {int(time.time())}")
+                memory.set_meta(PROBE_PENDING, "")
         if not found:
             log.warning(
                 "upload.conditional_writes_unsupported",
@@ -166,7 +174,17 @@ class Uploads(TransportCore):
             )
         return found
 
-    def _probe_conditional_writes(self) -> bool | None:
+    def delete_probe(self, key: str) -> bool:
+        """Delete a probe object a run left (its key noted in the state); True when it is gone."""
+        if not is_probe_key(key):
+            return True  # never anything else
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except _REQUEST_ERRORS:
+            return False
+        return True
+
+    def _probe_conditional_writes(self, key: str) -> bool | None:
         """Create a probe object twice with ``If-None-Match: *``: a server that honours it refuses the second.
 
         True: honoured; False: ignored or not implemented; None: the probe could not tell (the
@@ -175,7 +193,6 @@ class Uploads(TransportCore):
         """
         client = self.client  # built before the probe object exists: the window a kill can hit stays short
         self._sweep_probes()
-        key = f"{PROBE_SEGMENT}/conditional-{secrets.token_hex(8)}"
         headers = {"Content-MD5": _b64(hashlib.md5(b"", usedforsecurity=False).digest()), "If-None-Match": "*"}
         try:
             self.requests.put(key, b"", headers)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import structlog
 
 from s3sync import preflight
+from s3sync._upload import PROBE_PENDING
 from s3sync._version import __version__
 from s3sync.errors import QueueUnreachableError, S3SyncError
 from s3sync.eventqueue import (
@@ -145,6 +146,9 @@ class Service:
         swept = sweep_temp_files(self.settings.local_path)
         if swept:
             log.info("mirror.temp_swept", count=swept)
+        probe = self.state.get_meta(PROBE_PENDING)
+        if probe and self.transport.delete_probe(probe):
+            self.state.set_meta(PROBE_PENDING, "")
         for upload_id, key in self.state.open_multipart():
             try:
                 if upload_id.startswith(PENDING_MULTIPART):

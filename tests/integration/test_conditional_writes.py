@@ -199,3 +199,26 @@ def test_probe_answer_is_kept_in_the_state(make_settings, fault_proxy):
             service.close()
     assert fault_proxy.count("PUT", ".s3sync-probe", probes=True) == 2
     assert fault_proxy.count("DELETE", ".s3sync-probe", probes=True) == 1
+
+
+def test_probe_left_by_a_killed_run_is_deleted_at_the_next_start(make_settings):
+    """A run killed between the probe's PUT and its DELETE noted the key first: the next start deletes it."""
+    from s3sync._upload import PROBE_PENDING
+
+    settings = make_settings()
+    client = make_client(settings)
+    bucket = settings.require_bucket()
+    left = ".s3sync-probe/conditional-0123456789abcdef"
+    client.put_object(Bucket=bucket, Key=left, Body=b"")
+    client.put_object(Bucket=bucket, Key="art/not-a-probe.jpg", Body=b"x")
+    service = Service(settings, environ={})
+    try:
+        service.state.set_meta(PROBE_PENDING, left)
+        service.prepare()
+        assert service.state.get_meta(PROBE_PENDING) == ""
+        service.state.set_meta(PROBE_PENDING, "art/not-a-probe.jpg")  # a damaged note never deletes content
+        service.prepare()
+    finally:
+        service.close()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert keys == ["art/not-a-probe.jpg"]

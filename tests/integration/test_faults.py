@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from s3sync.paths import TEMP_PREFIX
+from s3sync.plan import is_probe_key
 from s3sync.resource import Resource
 from s3sync.service import Service
 from s3sync.transport import make_client
@@ -113,7 +114,11 @@ def test_upload_fault(make_settings, s3_server, proxy, fault):
     assert events_named(events, "upload.failed"), "a fired fault must show as upload.failed"
     assert client.list_multipart_uploads(Bucket=settings.require_bucket()).get("Uploads", []) == []
     listed = [o["Key"] for o in client.list_objects_v2(Bucket=settings.require_bucket()).get("Contents", [])]
-    assert sorted(listed) == sorted(keys)
+    # A probe PUT of conditional writes held by the fault may land after the probe deleted its
+    # object: s3sync's own empty object, never mirrored, deleted at the next start (noted in the state).
+    probes = [k for k in listed if is_probe_key(k)]
+    assert len(probes) <= 1, probes
+    assert sorted(k for k in listed if k not in probes) == sorted(keys)
 
 
 @pytest.mark.parametrize("kind", ["flip_byte", "truncate", "reset_response"])
