@@ -256,7 +256,14 @@ class CrtRequests:
         # being sent may take its time on a slow link (the CRT reports no progress for it), at
         # 64 KiB/s at least.
         idle = self._read_timeout + (len(body) / _SLOWEST_SEND if body else 0.0)
-        return answer.wait(pending.finished_future, operation, idle)
+        try:
+            return answer.wait(pending.finished_future, operation, idle)
+        finally:
+            # The request holds the answer's callbacks, and the answer (or a traceback through this
+            # frame) the request: a cycle through a native object, which the garbage collector
+            # cannot see (memory grew ~11 KB a request). Both links go.
+            answer.request = None
+            pending = None
 
 
 class _Answer:
