@@ -91,6 +91,9 @@ class BotoRequests:
 
         return _reply(self._call("UploadPart", key, send))
 
+    def delete(self, key: str) -> Reply:
+        return _reply(self._call("DeleteObject", key, lambda c: c.delete_object(Bucket=self._bucket, Key=key)))
+
     def close(self) -> None:
         """The botocore client needs no closing here (the transport owns it)."""
 

@@ -166,6 +166,9 @@ class CrtRequests:
         path = self._path(key) + "?" + _query({"partNumber": str(number), "uploadId": upload_id})
         return self._call("PUT", path, {"Content-MD5": content_md5}, data, "UploadPart", key)
 
+    def delete(self, key: str) -> Reply:
+        return self._call("DELETE", self._path(key), {}, None, "DeleteObject", key)
+
     def close(self) -> None:
         """Nothing to do: the client's connections close when it is collected."""
 

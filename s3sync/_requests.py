@@ -190,6 +190,10 @@ class Requests(Protocol):
         """UploadPart ``number`` of ``upload_id`` (Content-MD5 checked by the server)."""
         ...
 
+    def delete(self, key: str) -> Reply:
+        """DeleteObject ``key`` (s3sync deletes only its own probe objects)."""
+        ...
+
     def close(self) -> None:
         """Release connections and threads."""
         ...

@@ -179,9 +179,9 @@ class Uploads(TransportCore):
         if not is_probe_key(key):
             return True  # never anything else
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
-        except _REQUEST_ERRORS:
-            return False
+            self.requests.delete(key)
+        except _REQUEST_ERRORS as exc:
+            return error_code(exc)[1] == 404
         return True
 
     def _probe_conditional_writes(self, key: str) -> bool | None:
@@ -191,7 +191,6 @@ class Uploads(TransportCore):
         endpoint failed). The probe lives under a reserved prefix no mirror copies and is deleted;
         one left by a run killed mid-probe is swept by a later probe once it is an hour old.
         """
-        client = self.client  # built before the probe object exists: the window a kill can hit stays short
         self._sweep_probes()
         headers = {"Content-MD5": _b64(hashlib.md5(b"", usedforsecurity=False).digest()), "If-None-Match": "*"}
         try:
@@ -206,7 +205,7 @@ class Uploads(TransportCore):
             return False  # created twice: the condition was ignored
         finally:
             with contextlib.suppress(*_REQUEST_ERRORS):
-                client.delete_object(Bucket=self.bucket, Key=key)
+                self.requests.delete(key)
 
     def _sweep_probes(self) -> None:
         """Delete probe objects older than an hour (another host's may be under way: younger ones stay)."""
@@ -215,7 +214,7 @@ class Uploads(TransportCore):
             for page in self.list_pages(f"{PROBE_SEGMENT}/"):
                 for obj in page:
                     if obj.last_modified is not None and obj.last_modified < cutoff:
-                        self.client.delete_object(Bucket=self.bucket, Key=obj.key)
+                        self.requests.delete(obj.key)
                 return  # one page is plenty: probes are few
 
     def _written_meanwhile(
