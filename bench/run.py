@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -628,19 +629,23 @@ class Bench:
         finally:
             self._cleanup(bucket, run_dir)
 
-    def mirror(self, tool: str, rnd: int) -> None:
-        bucket, run_dir = self._fresh("mirror", tool, rnd)
+    def mirror(self, tool: str, rnd: int, *, layout: bool = False) -> None:
+        """A bucket of small objects -> an empty folder; ``layout``: keys in the real layout
+        (CATEGORY/FOLDER/NAME, one folder per resource) instead of bare names."""
+        scenario = "mirror-layout" if layout else "mirror"
+        bucket, run_dir = self._fresh(scenario, tool, rnd)
         try:
             names = self.corpus.names[: self.opts.files]
-            fill_bucket(self.client, bucket, self.corpus.small, names)
+            keys = {n: self.corpus.layout_key(n) if layout else n for n in names}
+            fill_bucket(self.client, bucket, self.corpus.small, names, keys)
             dst = run_dir / "dst"
             dst.mkdir()
             up = run_dir / "up"
             up.mkdir()
             env = self._env_for(tool, bucket, run_dir, upload=up, local=dst, state="a")
             proc = self._run(tool, self._download_args(tool, bucket, dst), run_dir, env)
-            check_folder(dst, {n: self.corpus.sha[n] for n in names})
-            self._record("mirror", tool, proc, rnd)
+            check_folder(dst, {keys[n]: self.corpus.sha[n] for n in names})
+            self._record(scenario, tool, proc, rnd)
         finally:
             self._cleanup(bucket, run_dir)
 
@@ -662,24 +667,6 @@ class Bench:
             proc = self._run(tool, self._upload_args(tool, src, bucket), run_dir, env)
             check_bucket(self.client, bucket, dict.fromkeys(keys.values(), FILE_SIZE))
             self._record("upload-layout", tool, proc, rnd)
-        finally:
-            self._cleanup(bucket, run_dir)
-
-    def mirror_layout(self, tool: str, rnd: int) -> None:
-        """A bucket in the real layout (one folder per resource) -> an empty folder tree."""
-        bucket, run_dir = self._fresh("mirror-layout", tool, rnd)
-        try:
-            names = self.corpus.names[: self.opts.files]
-            keys = {n: self.corpus.layout_key(n) for n in names}
-            fill_bucket(self.client, bucket, self.corpus.small, names, keys)
-            dst = run_dir / "dst"
-            dst.mkdir()
-            up = run_dir / "up"
-            up.mkdir()
-            env = self._env_for(tool, bucket, run_dir, upload=up, local=dst, state="a")
-            proc = self._run(tool, self._download_args(tool, bucket, dst), run_dir, env)
-            check_folder(dst, {keys[n]: self.corpus.sha[n] for n in names})
-            self._record("mirror-layout", tool, proc, rnd)
         finally:
             self._cleanup(bucket, run_dir)
 
@@ -804,7 +791,7 @@ class Bench:
             "upload": self.upload,
             "mirror": self.mirror,
             "upload-layout": self.upload_layout,
-            "mirror-layout": self.mirror_layout,
+            "mirror-layout": functools.partial(self.mirror, layout=True),
             "noop": self.noop,
             "large": self.large,
         }
