@@ -171,10 +171,11 @@ def make_requests(settings: Settings, bucket: str, client: Callable[[], S3Client
         return BotoRequests(client, bucket)
     from s3sync._crt import CrtRequests
 
+    signing_region = region(settings, session) or "us-east-1"
     return CrtRequests(
-        endpoint_url=settings.endpoint_url or f"https://s3.{region(settings, session) or 'us-east-1'}.amazonaws.com",
+        endpoint_url=settings.endpoint_url or f"https://s3.{signing_region}.amazonaws.com",
         bucket=bucket,
-        region=region(settings, session) or "us-east-1",
+        region=signing_region,
         credentials=credentials,
         retrier=Retrier(settings.max_attempts),
         connect_timeout=settings.connect_timeout,
